@@ -1,0 +1,375 @@
+//! One connection through the pipeline: original destination → ClientHello → decision →
+//! tunnel, intercept or reject; then exactly one log line and one set of metric updates.
+//! Captured connections (the catch-all port) skip the ClientHello: their original destination
+//! is all there is to decide on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tollgate_policy::{Phase, Policy};
+
+use crate::client_hello::{self, ClientHello};
+use crate::intercept::{Intercepted, Interceptor};
+use crate::metrics::Metrics;
+use crate::orig_dst::OrigDst;
+use crate::phase;
+use crate::route::{self, Decision, Route};
+use crate::tunnel::{self, Counters, Resolve, Target};
+
+/// Which listener accepted a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The SNI router (`:15443`): TLS, decided by server name.
+    Sni,
+    /// The original-destination router (`:15001`): any TCP, decided by destination.
+    Capture,
+}
+
+impl Listener {
+    /// The listener as a log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Sni => "sni",
+            Listener::Capture => "capture",
+        }
+    }
+}
+
+/// Everything a connection needs, shared by all of them.
+pub struct Context {
+    /// The current policy; each connection takes a snapshot after its ClientHello.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The current phase.
+    pub phase: Arc<phase::State>,
+    /// The metrics catalog.
+    pub metrics: Metrics,
+    /// Resolves SNI hosts for tunnels.
+    pub resolver: Arc<dyn Resolve>,
+    /// Looks up pre-redirect destinations.
+    pub orig_dst: Arc<dyn OrigDst>,
+    /// Serves intercepted hosts.
+    pub interceptor: Arc<dyn Interceptor>,
+    /// Bound on the whole ClientHello read.
+    pub hello_timeout: Duration,
+    /// Tunnel byte counters, resolved once (label lookups are not free).
+    pub counters: Counters,
+    /// The proxy's own listening ports, never a captured connection's destination.
+    pub own_ports: Vec<u16>,
+}
+
+impl Context {
+    /// Builds a context; the tunnel counters are resolved from `metrics` here.
+    #[allow(clippy::too_many_arguments)] // a plain constructor; a builder would add nothing
+    pub fn new(
+        policy: Arc<ArcSwap<Policy>>,
+        phase: Arc<phase::State>,
+        metrics: Metrics,
+        resolver: Arc<dyn Resolve>,
+        orig_dst: Arc<dyn OrigDst>,
+        interceptor: Arc<dyn Interceptor>,
+        hello_timeout: Duration,
+    ) -> Self {
+        let counters = Counters {
+            up: metrics.tunnel_bytes.with_label_values(&["upstream"]),
+            down: metrics.tunnel_bytes.with_label_values(&["downstream"]),
+        };
+        Self {
+            policy,
+            phase,
+            metrics,
+            resolver,
+            orig_dst,
+            interceptor,
+            hello_timeout,
+            counters,
+            own_ports: Vec::new(),
+        }
+    }
+}
+
+/// What happened to one connection: the fields of its log line.
+#[derive(Debug)]
+struct Outcome {
+    listener: Listener,
+    sni: Option<String>,
+    phase: Phase,
+    decision: Decision,
+    bytes_up: u64,
+    bytes_down: u64,
+    end: &'static str,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn rejected(
+        listener: Listener,
+        phase: Phase,
+        sni: Option<String>,
+        decision: Decision,
+        bytes_up: u64,
+    ) -> Self {
+        Self {
+            listener,
+            sni,
+            phase,
+            decision,
+            bytes_up,
+            bytes_down: 0,
+            end: "closed",
+            error: None,
+        }
+    }
+}
+
+/// Runs one accepted connection to completion and records it. `stop` cuts it at drain timeout.
+pub async fn handle(
+    listener: Listener,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    ctx.metrics.open_connections.inc();
+    let _ = stream.set_nodelay(true);
+    let orig_dst = ctx.orig_dst.original_dst(&stream);
+    let outcome = match listener {
+        Listener::Sni => serve(stream, peer, orig_dst, &ctx, &stop).await,
+        Listener::Capture => capture(stream, orig_dst, &ctx, &stop).await,
+    };
+    record(&ctx.metrics, &outcome, peer, orig_dst, started.elapsed());
+    ctx.metrics.open_connections.dec();
+}
+
+/// Records a connection turned away at accept (before any byte was read).
+pub fn refuse(
+    metrics: &Metrics,
+    listener: Listener,
+    peer: SocketAddr,
+    phase: Phase,
+    reason: &'static str,
+) {
+    metrics
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+    let outcome = Outcome::rejected(listener, phase, None, Decision::reject(reason), 0);
+    record(metrics, &outcome, peer, None, Duration::ZERO);
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    ctx: &Context,
+    stop: &CancellationToken,
+) -> Outcome {
+    let read = tokio::select! {
+        read = client_hello::read(&mut stream, ctx.hello_timeout) => read,
+        _ = stop.cancelled() => Err(client_hello::HelloError::Timeout),
+    };
+    let (hello, raw) = match read {
+        Ok(ok) => ok,
+        Err(error) => {
+            let reason = error.reason();
+            ctx.metrics
+                .client_hello_failures
+                .with_label_values(&[reason])
+                .inc();
+            let decision = Decision::reject(reason);
+            let mut outcome = Outcome::rejected(Listener::Sni, ctx.phase.get(), None, decision, 0);
+            outcome.error = Some(error.to_string());
+            return outcome;
+        }
+    };
+    // One snapshot per connection: a reload mid-connection changes nothing for it.
+    let policy = ctx.policy.load_full();
+    let phase = ctx.phase.get();
+    let decision = route::decide(&hello.sni, orig_dst, phase, &policy);
+    match decision.route {
+        Route::Reject => Outcome::rejected(
+            Listener::Sni,
+            phase,
+            Some(hello.sni),
+            decision,
+            raw.len() as u64,
+        ),
+        Route::Tunnel => tunnel(stream, raw, hello, decision, phase, &policy, ctx, stop).await,
+        Route::Intercept => {
+            let sni = hello.sni.clone();
+            let conn = Intercepted {
+                stream,
+                replay: raw,
+                hello,
+                peer,
+                orig_dst,
+                rule: decision.rule_label().to_owned(),
+            };
+            let done = ctx.interceptor.handle(conn, stop.clone()).await;
+            Outcome {
+                listener: Listener::Sni,
+                sni: Some(sni),
+                phase,
+                decision: Decision {
+                    reason: done.reason,
+                    ..decision
+                },
+                bytes_up: done.bytes_up,
+                bytes_down: done.bytes_down,
+                end: "closed",
+                error: None,
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the stage's inputs, each used once
+async fn tunnel(
+    stream: TcpStream,
+    raw: Vec<u8>,
+    hello: ClientHello,
+    decision: Decision,
+    phase: Phase,
+    policy: &Policy,
+    ctx: &Context,
+    stop: &CancellationToken,
+) -> Outcome {
+    let rule = policy.host_rule(&hello.sni);
+    let target = Target {
+        host: &hello.sni,
+        port: rule.and_then(|r| r.port).unwrap_or(443),
+        pin: rule.map_or(&[], |r| r.pin.as_slice()),
+        allow_ranges: rule.map_or(&[], |r| r.allow_ranges.as_slice()),
+    };
+    let upstream = match tunnel::dial(target, ctx.resolver.as_ref(), policy.tunnel.connect_timeout)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            // Nothing was forwarded: the connection is a reject, for the reason the dial gives.
+            let decision = Decision {
+                route: Route::Reject,
+                reason: error.reason(),
+                ..decision
+            };
+            let mut outcome = Outcome::rejected(Listener::Sni, phase, Some(hello.sni), decision, 0);
+            outcome.error = Some(error.to_string());
+            return outcome;
+        }
+    };
+    let transfer = tunnel::splice(
+        stream,
+        upstream,
+        &raw,
+        policy.tunnel.idle_timeout,
+        stop,
+        &ctx.counters,
+    )
+    .await;
+    Outcome {
+        listener: Listener::Sni,
+        sni: Some(hello.sni),
+        phase,
+        decision,
+        bytes_up: transfer.up,
+        bytes_down: transfer.down,
+        end: transfer.end,
+        error: None,
+    }
+}
+
+/// A captured connection: decided by its original destination, then passed through to it.
+async fn capture(
+    stream: TcpStream,
+    orig_dst: Option<SocketAddr>,
+    ctx: &Context,
+    stop: &CancellationToken,
+) -> Outcome {
+    let policy = ctx.policy.load_full();
+    let phase = ctx.phase.get();
+    let decision = route::decide_capture(orig_dst, phase, &policy, &ctx.own_ports);
+    let dst = match (decision.route, orig_dst) {
+        (Route::Tunnel, Some(dst)) => dst,
+        _ => {
+            if let Some(dst) = orig_dst {
+                let port = crate::metrics::port_label(dst.port());
+                ctx.metrics
+                    .capture_rejections
+                    .with_label_values(&[port.as_ref()])
+                    .inc();
+            }
+            return Outcome::rejected(Listener::Capture, phase, None, decision, 0);
+        }
+    };
+    let deadline = Instant::now() + policy.tunnel.connect_timeout;
+    let upstream = match tunnel::connect(dst, deadline).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let decision = Decision {
+                route: Route::Reject,
+                reason: error.reason(),
+                ..decision
+            };
+            let mut outcome = Outcome::rejected(Listener::Capture, phase, None, decision, 0);
+            outcome.error = Some(error.to_string());
+            return outcome;
+        }
+    };
+    let transfer = tunnel::splice(
+        stream,
+        upstream,
+        &[],
+        policy.tunnel.idle_timeout,
+        stop,
+        &ctx.counters,
+    )
+    .await;
+    Outcome {
+        listener: Listener::Capture,
+        sni: None,
+        phase,
+        decision,
+        bytes_up: transfer.up,
+        bytes_down: transfer.down,
+        end: transfer.end,
+        error: None,
+    }
+}
+
+fn record(
+    metrics: &Metrics,
+    o: &Outcome,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    duration: Duration,
+) {
+    let d = &o.decision;
+    metrics
+        .connections
+        .with_label_values(&[d.route.as_str(), d.reason, d.rule_label()])
+        .inc();
+    metrics.connection_duration.observe(duration.as_secs_f64());
+    let orig = orig_dst.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    tracing::info!(
+        target: "tollgate::connection",
+        listener = o.listener.as_str(),
+        peer = %peer,
+        orig_dst = %orig,
+        sni = o.sni.as_deref().unwrap_or("-"),
+        route = d.route.as_str(),
+        reason = d.reason,
+        rule = d.rule_label(),
+        phase = o.phase.as_str(),
+        bytes_up = o.bytes_up,
+        bytes_down = o.bytes_down,
+        duration_ms = duration.as_millis() as u64,
+        end = o.end,
+        error = o.error.as_deref().unwrap_or("-"),
+        "connection"
+    );
+}

@@ -1,0 +1,42 @@
+//! tollgate: a transparent egress proxy and SNI router.
+//!
+//! Layout (a connection passes through these stages, top to bottom):
+//!
+//! ```text
+//! accept → orig_dst → client_hello → route → { tunnel | intercept | reject }
+//!            ^ phase, reload feed route the current phase and policy; metrics and admin observe
+//! ```
+//!
+//! - [`accept`]: listeners, the connection limit, graceful drain; runs one [`connection`] per socket.
+//! - [`orig_dst`]: the pre-REDIRECT destination (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
+//! - [`client_hello`]: reassembles and parses the TLS ClientHello (SNI, ALPN), fail closed.
+//! - [`route`]: the pure decision `(sni, orig_dst, phase, policy) → Decision`.
+//! - [`tunnel`]: resolve, filter and dial the SNI host; replay the hello; copy both ways.
+//! - [`intercept`]: the seam the TLS-terminating LLM gateway plugs into.
+//! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
+//! - [`reload`]: watches the policy file and swaps in each good version.
+//! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals.
+
+#![forbid(unsafe_code)]
+
+pub mod accept;
+pub mod admin;
+pub mod cli;
+pub mod client_hello;
+pub mod connection;
+pub mod intercept;
+pub mod metrics;
+pub mod orig_dst;
+pub mod phase;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod spend;
+pub mod tunnel;
+pub mod upstream;
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit this binary was built from (see build.rs), or `unknown`.
+pub const COMMIT: &str = env!("TOLLGATE_COMMIT");

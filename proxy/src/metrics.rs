@@ -1,0 +1,179 @@
+//! The one metrics catalog: every series tollgate exports is declared here, with its help text.
+//!
+//! Labels stay bounded: routes and reasons are static strings, and a host appears only as the
+//! policy pattern that matched it (never the raw SNI the agent sent).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Label value for anything the policy does not name.
+pub const OTHER: &str = "other";
+
+/// Every series tollgate exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections by final route, reason and matched policy rule.
+    pub connections: IntCounterVec,
+    /// ClientHello failures by reason (each also counted in `connections` as a reject).
+    pub client_hello_failures: IntCounterVec,
+    /// Connections refused before reading a byte (the open-connection limit).
+    pub connections_refused: IntCounterVec,
+    /// Captured (non-SNI-port) connections rejected, by destination port (escape attempts).
+    pub capture_rejections: IntCounterVec,
+    /// Connections currently open.
+    pub open_connections: IntGauge,
+    /// Bytes copied by tunnels, by direction (upstream = agent → host).
+    pub tunnel_bytes: IntCounterVec,
+    /// Time from accept to close.
+    pub connection_duration: Histogram,
+    /// 1 for the current phase, 0 for the other.
+    pub phase: IntGaugeVec,
+    /// Phase transitions by destination phase and the source that decided it.
+    pub phase_transitions: IntCounterVec,
+    /// Policy reloads by result (`ok`, `error`).
+    pub policy_reloads: IntCounterVec,
+    /// Accept errors (e.g. out of file descriptors).
+    pub accept_errors: IntCounter,
+    /// Constant 1, labelled with the build's version and commit.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Builds the catalog in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            connections: IntCounterVec::new(
+                Opts::new("tollgate_connections_total", "Connections by route, reason and policy rule."),
+                &["route", "reason", "rule"],
+            )
+            .expect("static metric definition is valid"),
+            client_hello_failures: IntCounterVec::new(
+                Opts::new("tollgate_client_hello_failures_total", "ClientHello read failures by reason."),
+                &["reason"],
+            )
+            .expect("static metric definition is valid"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_connections_refused_total",
+                    "Connections closed at accept, before reading, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition is valid"),
+            capture_rejections: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_capture_rejections_total",
+                    "Captured connections rejected, by original destination port (well-known ports; others are `other`).",
+                ),
+                &["port"],
+            )
+            .expect("static metric definition is valid"),
+            open_connections: IntGauge::new("tollgate_open_connections", "Connections currently open.")
+                .expect("static metric definition is valid"),
+            tunnel_bytes: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_tunnel_bytes_total",
+                    "Bytes copied by tunnels; upstream is agent to host, downstream host to agent.",
+                ),
+                &["direction"],
+            )
+            .expect("static metric definition is valid"),
+            connection_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_connection_duration_seconds",
+                    "Connection lifetime from accept to close.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+                ]),
+            )
+            .expect("static metric definition is valid"),
+            phase: IntGaugeVec::new(
+                Opts::new("tollgate_phase", "1 for the Pod's current phase."),
+                &["phase"],
+            )
+            .expect("static metric definition is valid"),
+            phase_transitions: IntCounterVec::new(
+                Opts::new("tollgate_phase_transitions_total", "Phase changes by new phase and source."),
+                &["to", "source"],
+            )
+            .expect("static metric definition is valid"),
+            policy_reloads: IntCounterVec::new(
+                Opts::new("tollgate_policy_reloads_total", "Policy reloads by result."),
+                &["result"],
+            )
+            .expect("static metric definition is valid"),
+            accept_errors: IntCounter::new("tollgate_accept_errors_total", "Errors from accept().")
+                .expect("static metric definition is valid"),
+            build_info: IntGaugeVec::new(
+                Opts::new("tollgate_build_info", "Build provenance; the value is always 1."),
+                &["version", "commit"],
+            )
+            .expect("static metric definition is valid"),
+            registry,
+        };
+        m.register_all();
+        m.build_info
+            .with_label_values(&[crate::VERSION, crate::COMMIT])
+            .set(1);
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(self.capture_rejections.clone()),
+            Box::new(self.connections.clone()),
+            Box::new(self.client_hello_failures.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.open_connections.clone()),
+            Box::new(self.tunnel_bytes.clone()),
+            Box::new(self.connection_duration.clone()),
+            Box::new(self.phase.clone()),
+            Box::new(self.phase_transitions.clone()),
+            Box::new(self.policy_reloads.clone()),
+            Box::new(self.accept_errors.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        for c in collectors {
+            self.registry
+                .register(c)
+                .expect("each series is registered once, with a unique name");
+        }
+    }
+
+    /// The registry, for modules that add their own series (the intercept gateway).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Renders every series in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// A bounded label for a destination port: the port itself for well-known ports and common
+/// service ports, `other` for the rest (an agent scanning ports must not mint 65k series).
+pub fn port_label(port: u16) -> std::borrow::Cow<'static, str> {
+    const SERVICES: [u16; 12] = [
+        1080, 2375, 3128, 3306, 5432, 6379, 8000, 8080, 8443, 9000, 9200, 27017,
+    ];
+    if port < 1024 || SERVICES.contains(&port) {
+        std::borrow::Cow::Owned(port.to_string())
+    } else {
+        std::borrow::Cow::Borrowed(OTHER)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,103 @@
+//! Hot reload of the policy file.
+//!
+//! The file's directory is watched (inotify through notify), because a ConfigMap mount replaces
+//! the file by swapping a `..data` symlink in that directory, not by writing the file. A 1 s poll
+//! backs the watcher up (events can be lost, or the directory can be replaced). Each new version
+//! is parsed and compiled aside and swapped in atomically; connections already open keep the
+//! policy they started with. A bad file keeps the last good policy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tollgate_policy::Policy;
+
+use crate::metrics::Metrics;
+
+/// The backstop poll interval; the watcher normally reacts within milliseconds.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Watches `path` until `shutdown`, swapping each good version into `current`.
+///
+/// `loaded` is the text `current` was compiled from, so an unchanged file is not reloaded.
+pub async fn watch(
+    path: PathBuf,
+    loaded: Vec<u8>,
+    current: Arc<ArcSwap<Policy>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    // Kept alive for the whole loop: dropping the watcher stops the events.
+    let _watcher = start_watcher(&path, tx);
+    let mut last = loaded;
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = rx.recv() => {}
+        }
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            // Mid-swap or briefly absent: the next event or tick reads it again.
+            continue;
+        };
+        if bytes == last {
+            continue;
+        }
+        reload(&path, &bytes, &current, &metrics);
+        // Remember bad versions too, so one bad file is reported once, not every second.
+        last = bytes;
+    }
+}
+
+/// Compiles `bytes` and swaps it in, or keeps the current policy and reports why.
+fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metrics) {
+    let origin = path.display().to_string();
+    let parsed = std::str::from_utf8(bytes)
+        .map_err(|e| format!("{origin}: policy is not UTF-8: {e}"))
+        .and_then(|text| Policy::parse(text, &origin).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(policy) => {
+            let summary = policy.summary();
+            current.store(Arc::new(policy));
+            metrics.policy_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(policy = %origin, %summary, "policy reloaded");
+        }
+        Err(error) => {
+            metrics.policy_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(policy = %origin, %error, "policy reload failed; keeping the last good policy");
+        }
+    }
+}
+
+fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up; one is enough.
+            let _ = tx.try_send(());
+        }
+    });
+    match watcher {
+        Ok(mut w) => match w.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot watch the policy directory; polling only");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the file watcher; polling only");
+            None
+        }
+    }
+}

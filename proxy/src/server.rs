@@ -1,0 +1,177 @@
+//! Assembles the stages into a running proxy: shared state, background watchers, admin endpoint
+//! and the accept loops. Sockets are bound by the caller, so tests pass `127.0.0.1:0` listeners
+//! and their own shutdown token (mini-redis's `run(listener, shutdown)`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tollgate_policy::Policy;
+
+use crate::accept::{self, Limits};
+use crate::admin::{self, Readiness};
+use crate::connection::{Context, Listener};
+use crate::intercept::{Interceptor, Unavailable};
+use crate::metrics::Metrics;
+use crate::orig_dst::{Netfilter, OrigDst};
+use crate::phase;
+use crate::reload;
+use crate::tunnel::{Resolve, SystemResolver};
+
+/// Settings that are fixed for the life of the process (the policy holds the rest).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Bound on the whole ClientHello read.
+    pub hello_timeout: Duration,
+    /// Connection limit and drain timeout.
+    pub limits: Limits,
+    /// Where the phase comes from.
+    pub phase_sources: phase::Sources,
+}
+
+/// The policy the proxy starts with, and where later versions come from.
+#[derive(Clone, Debug)]
+pub struct LoadedPolicy {
+    /// The compiled policy.
+    pub policy: Policy,
+    /// The watched file; `None` for the embedded default (nothing to reload).
+    pub path: Option<PathBuf>,
+    /// The text `policy` was compiled from, so an unchanged file is not reloaded.
+    pub text: Vec<u8>,
+}
+
+/// A proxy ready to run: bound sockets plus its collaborators (real ones by default).
+pub struct Server {
+    /// SNI listeners (`:15443` on both families in production).
+    pub listeners: Vec<TcpListener>,
+    /// Original-destination (capture) listeners (`:15001` on both families in production).
+    pub capture: Vec<TcpListener>,
+    /// The admin listener (`:15090`), if any.
+    pub admin: Option<TcpListener>,
+    /// Process-wide settings.
+    pub settings: Settings,
+    /// The starting policy.
+    pub policy: LoadedPolicy,
+    /// Resolver for tunnel hosts.
+    pub resolver: Arc<dyn Resolve>,
+    /// Original-destination lookup.
+    pub orig_dst: Arc<dyn OrigDst>,
+    /// Handler for intercepted hosts.
+    pub interceptor: Arc<dyn Interceptor>,
+    /// The metrics catalog (shared with the interceptor).
+    pub metrics: Metrics,
+}
+
+impl Server {
+    /// A server with the production collaborators: system resolver, netfilter, no interceptor.
+    pub fn new(
+        listeners: Vec<TcpListener>,
+        capture: Vec<TcpListener>,
+        admin: Option<TcpListener>,
+        settings: Settings,
+        policy: LoadedPolicy,
+    ) -> Self {
+        Self {
+            listeners,
+            capture,
+            admin,
+            settings,
+            policy,
+            resolver: Arc::new(SystemResolver),
+            orig_dst: Arc::new(Netfilter),
+            interceptor: Arc::new(Unavailable),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Runs until `shutdown` fires and every connection has drained (or been cut).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server {
+            listeners,
+            capture,
+            admin,
+            settings,
+            policy,
+            resolver,
+            orig_dst,
+            interceptor,
+            metrics,
+        } = self;
+        let sources = settings.phase_sources.clone();
+        let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
+        phase::export(&metrics, phase_now);
+        tracing::info!(phase = phase_now.as_str(), source = source.as_str(), summary = %policy.policy.summary(), "policy loaded");
+
+        let current = Arc::new(ArcSwap::from_pointee(policy.policy));
+        let phase_state = Arc::new(phase::State::new(phase_now));
+        let background = shutdown.child_token();
+        tokio::spawn(phase::watch(
+            sources,
+            phase_state.clone(),
+            current.clone(),
+            metrics.clone(),
+            background.clone(),
+        ));
+        if let Some(path) = policy.path {
+            tokio::spawn(reload::watch(
+                path,
+                policy.text,
+                current.clone(),
+                metrics.clone(),
+                background.clone(),
+            ));
+        }
+
+        let ready = Arc::new(Readiness::default());
+        let mut own_ports = Vec::new();
+        if let Some(admin_listener) = admin {
+            own_ports.extend(log_listening("admin", &admin_listener));
+            tokio::spawn(admin::serve(
+                admin_listener,
+                metrics.clone(),
+                ready.clone(),
+                background.clone(),
+            ));
+        }
+        let listeners: Vec<(Listener, TcpListener)> = listeners
+            .into_iter()
+            .map(|l| (Listener::Sni, l))
+            .chain(capture.into_iter().map(|l| (Listener::Capture, l)))
+            .collect();
+        for (kind, listener) in &listeners {
+            own_ports.extend(log_listening(kind.as_str(), listener));
+        }
+        let mut ctx = Context::new(
+            current,
+            phase_state,
+            metrics,
+            resolver,
+            orig_dst,
+            interceptor,
+            settings.hello_timeout,
+        );
+        ctx.own_ports = own_ports;
+        ready.set(true);
+        accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
+        ready.set(false);
+        background.cancel();
+        tracing::info!("stopped");
+    }
+}
+
+/// Logs a bound listener (tests read ephemeral ports from this line) and returns its port.
+fn log_listening(listener: &'static str, socket: &TcpListener) -> Option<u16> {
+    match socket.local_addr() {
+        Ok(addr) => {
+            tracing::info!(listener, addr = %addr, "listening");
+            Some(addr.port())
+        }
+        Err(error) => {
+            tracing::warn!(listener, %error, "listening on an unknown address");
+            None
+        }
+    }
+}
