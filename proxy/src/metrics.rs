@@ -8,6 +8,20 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Every ClientHello failure reason (see `client_hello::HelloError::reason`).
+pub const HELLO_FAILURES: [&str; 10] = [
+    "not-tls",
+    "not-client-hello",
+    "malformed",
+    "too-large",
+    "timeout",
+    "truncated",
+    "no-sni",
+    "invalid-sni",
+    "ip-literal-sni",
+    "io",
+];
+
 /// Label value for anything the policy does not name.
 pub const OTHER: &str = "other";
 
@@ -117,10 +131,32 @@ impl Metrics {
             registry,
         };
         m.register_all();
+        m.zero_known_series();
         m.build_info
             .with_label_values(&[crate::VERSION, crate::COMMIT])
             .set(1);
         m
+    }
+
+    /// Creates the series whose label values are known up front at 0, so alerts and rate()
+    /// see a zero rather than an absent series before the first event.
+    fn zero_known_series(&self) {
+        for result in ["ok", "error"] {
+            self.policy_reloads.with_label_values(&[result]);
+        }
+        for reason in HELLO_FAILURES {
+            self.client_hello_failures.with_label_values(&[reason]);
+        }
+        for to in ["agent", "verification"] {
+            for source in ["label", "sentinel", "policy"] {
+                self.phase_transitions.with_label_values(&[to, source]);
+            }
+        }
+        self.connections_refused
+            .with_label_values(&["connection-limit"]);
+        for direction in ["upstream", "downstream"] {
+            self.tunnel_bytes.with_label_values(&[direction]);
+        }
     }
 
     fn register_all(&self) {
@@ -175,5 +211,35 @@ pub fn port_label(port: u16) -> std::borrow::Cow<'static, str> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_hello::HelloError as E;
+
+    #[test]
+    fn every_hello_failure_reason_is_created_up_front() {
+        let all = [
+            E::NotTls,
+            E::NotClientHello,
+            E::Malformed("x"),
+            E::TooLarge,
+            E::Timeout,
+            E::Truncated,
+            E::NoSni,
+            E::InvalidSni,
+            E::IpLiteralSni,
+            E::Io(std::io::Error::other("x")),
+        ];
+        assert_eq!(all.len(), HELLO_FAILURES.len());
+        for e in all {
+            assert!(HELLO_FAILURES.contains(&e.reason()), "{}", e.reason());
+        }
+        let text = String::from_utf8(Metrics::new().render()).unwrap_or_default();
+        assert!(text.contains("tollgate_client_hello_failures_total{reason=\"too-large\"} 0"));
+        assert!(text.contains("tollgate_policy_reloads_total{result=\"error\"} 0"));
+        assert!(text.contains("tollgate_build_info{"));
     }
 }

@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 
 /// The backstop poll interval; the watcher normally reacts within milliseconds.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Quiet time after a change before reading: an editor's truncate-then-write would otherwise be
+/// read half-written and reported as a bad policy.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Watches `path` until `shutdown`, swapping each good version into `current`.
 ///
@@ -43,6 +46,8 @@ pub async fn watch(
             _ = tick.tick() => {}
             _ = rx.recv() => {}
         }
+        tokio::time::sleep(DEBOUNCE).await;
+        while rx.try_recv().is_ok() {}
         let Ok(bytes) = tokio::fs::read(&path).await else {
             // Mid-swap or briefly absent: the next event or tick reads it again.
             continue;

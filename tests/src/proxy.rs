@@ -1,0 +1,660 @@
+//! The real `tollgate` binary as a child process: started with ephemeral ports, its JSON log read
+//! from stderr on a background thread (every line kept), its ports learnt from the `listening`
+//! lines, its `/metrics` scraped over plain HTTP. Killed on drop; if the test is failing, its
+//! whole log is printed first.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+pub use crate::scrape::{metric_value, parse_http_response};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long the proxy may take to log its `listening` lines.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `tollgate` binary: `$TOLLGATE_BIN`, else `target/<profile>/tollgate` next to the test
+/// executable's `deps/` directory. Panics with a hint when it is missing.
+pub fn tollgate_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = locate_bin();
+        warn_if_stale(&bin);
+        bin
+    })
+    .clone()
+}
+
+fn locate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    // target/debug/deps/<test>-<hash> → target/debug/tollgate
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("tollgate"));
+    match candidate {
+        Some(p) if p.is_file() => p,
+        other => panic!(
+            "tollgate binary not found (looked at {other:?}; set TOLLGATE_BIN to override): \
+             run `cargo build -p tollgate` or `cargo test --workspace`"
+        ),
+    }
+}
+
+/// `cargo test -p tollgate-tests` alone does not rebuild the binary: say so when its sources
+/// are newer, rather than let a test fail against old code.
+fn warn_if_stale(bin: &Path) {
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut newest = None;
+    let mut stack = vec![root.join("proxy/src"), root.join("policy/src")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                match entry.metadata().and_then(|m| m.modified()) {
+                    Ok(m) if m > built && newest.as_ref().is_none_or(|(t, _)| m > *t) => {
+                        newest = Some((m, path));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some((_, path)) = newest {
+        eprintln!(
+            "WARNING: {} is older than {}: run `cargo build -p tollgate` (or `cargo test --workspace`)",
+            bin.display(),
+            path.display()
+        );
+    }
+}
+
+/// True when `tollgate --help` mentions `flag` (so the tests can follow a binary whose command
+/// line grows, e.g. `--capture-listen`, and still pin every listener to an ephemeral port).
+pub fn supports_flag(flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HELP.get_or_init(|| {
+        Command::new(tollgate_bin())
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    })
+    .contains(flag)
+}
+
+/// Options for starting the proxy; defaults suit a loopback test.
+pub struct ProxyBuilder {
+    listen: Vec<String>,
+    admin_listen: String,
+    capture_listen: Vec<String>,
+    policy: Option<PathBuf>,
+    labels_file: Option<PathBuf>,
+    unlock_file: Option<PathBuf>,
+    extra: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    netns: Option<String>,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> ProxyBuilder {
+        ProxyBuilder {
+            listen: Vec::new(),
+            admin_listen: "127.0.0.1:0".into(),
+            capture_listen: Vec::new(),
+            policy: None,
+            labels_file: None,
+            unlock_file: None,
+            extra: Vec::new(),
+            envs: Vec::new(),
+            netns: None,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// `--policy FILE` (without it the proxy uses its embedded default).
+    pub fn policy(mut self, path: impl AsRef<Path>) -> ProxyBuilder {
+        self.policy = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Adds a `--listen ADDR` (default when none: `127.0.0.1:0`).
+    pub fn listen(mut self, addr: &str) -> ProxyBuilder {
+        self.listen.push(addr.into());
+        self
+    }
+
+    /// `--admin-listen ADDR` (default `127.0.0.1:0`).
+    pub fn admin_listen(mut self, addr: &str) -> ProxyBuilder {
+        self.admin_listen = addr.into();
+        self
+    }
+
+    /// Adds a `--capture-listen ADDR` (default when none: `127.0.0.1:0`, if the binary has the flag).
+    pub fn capture_listen(mut self, addr: &str) -> ProxyBuilder {
+        self.capture_listen.push(addr.into());
+        self
+    }
+
+    /// `--labels-file PATH` (default: a path in the proxy's temp dir that does not exist yet).
+    pub fn labels_file(mut self, path: impl AsRef<Path>) -> ProxyBuilder {
+        self.labels_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// `--unlock-file PATH` (default: a path in the proxy's temp dir that does not exist yet).
+    pub fn unlock_file(mut self, path: impl AsRef<Path>) -> ProxyBuilder {
+        self.unlock_file = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Any other argument, e.g. `.arg("--hello-timeout").arg("1s")`.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> ProxyBuilder {
+        self.extra.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable for the proxy (e.g. `TOLLGATE_HELLO_TIMEOUT`).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ProxyBuilder {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the proxy inside namespace `ns` (`ip netns exec`); the admin port is reached there too.
+    pub fn netns(mut self, ns: &str) -> ProxyBuilder {
+        self.netns = Some(ns.into());
+        self
+    }
+
+    /// Starts the proxy and waits until every listener has logged `listening`.
+    pub async fn start(self) -> Result<Proxy> {
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-proxy-")
+            .tempdir()?;
+        let labels_file = self
+            .labels_file
+            .unwrap_or_else(|| dir.path().join("labels"));
+        let unlock_file = self
+            .unlock_file
+            .unwrap_or_else(|| dir.path().join("egress-unlocked"));
+        let listen = if self.listen.is_empty() {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            self.listen
+        };
+
+        let bin = tollgate_bin();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        for l in &listen {
+            cmd.arg("--listen").arg(l);
+        }
+        cmd.arg("--admin-listen").arg(&self.admin_listen);
+        let capture = if self.capture_listen.is_empty() && supports_flag("--capture-listen") {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            self.capture_listen
+        };
+        for l in &capture {
+            cmd.arg("--capture-listen").arg(l);
+        }
+        if let Some(p) = &self.policy {
+            cmd.arg("--policy").arg(p);
+        }
+        cmd.arg("--labels-file").arg(&labels_file);
+        cmd.arg("--unlock-file").arg(&unlock_file);
+        cmd.arg("--log-format").arg("json");
+        cmd.args(&self.extra);
+        // The test runner's own environment must not configure the proxy behind our back.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TOLLGATE_") || k == "RUST_LOG" {
+                cmd.env_remove(&k);
+            }
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command_line = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {command_line}"))?;
+
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        spawn_reader(child.stderr.take().context("stderr piped")?, stderr.clone());
+        spawn_reader(child.stdout.take().context("stdout piped")?, stdout.clone());
+
+        let mut proxy = Proxy {
+            child,
+            exit: None,
+            stderr,
+            stdout,
+            sni_addrs: Vec::new(),
+            capture_addrs: Vec::new(),
+            admin_addr: None,
+            netns: self.netns,
+            labels_file,
+            unlock_file,
+            command_line,
+            _dir: dir,
+        };
+        proxy.wait_listening(listen.len()).await?;
+        Ok(proxy)
+    }
+}
+
+fn spawn_reader(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            match line {
+                Ok(l) => into.lock().unwrap().push(l),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// One JSON log line with tracing's nested `fields` / `span` objects merged into the top level,
+/// so `line["sni"]` works whether or not the proxy flattens events.
+pub fn parse_log_line(line: &str) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(line).ok()?;
+    let obj = v.as_object_mut()?;
+    for nested in ["fields", "span"] {
+        if let Some(Value::Object(inner)) = obj.remove(nested) {
+            for (k, val) in inner {
+                obj.entry(k).or_insert(val);
+            }
+        }
+    }
+    Some(v)
+}
+
+/// A running `tollgate`.
+pub struct Proxy {
+    child: Child,
+    exit: Option<ExitStatus>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    sni_addrs: Vec<SocketAddr>,
+    capture_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    netns: Option<String>,
+    labels_file: PathBuf,
+    unlock_file: PathBuf,
+    command_line: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// A builder with loopback defaults.
+    pub fn builder() -> ProxyBuilder {
+        ProxyBuilder::default()
+    }
+
+    /// Starts the proxy with `policy` and defaults otherwise.
+    pub async fn start(policy: &Path) -> Result<Proxy> {
+        Proxy::builder().policy(policy).start().await
+    }
+
+    async fn wait_listening(&mut self, sni_count: usize) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut sni = Vec::new();
+            let mut capture = Vec::new();
+            let mut admin = None;
+            for v in self.json_lines() {
+                if v["message"] != "listening" {
+                    continue;
+                }
+                let Some(addr) = v["addr"]
+                    .as_str()
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                else {
+                    continue;
+                };
+                match v["listener"].as_str() {
+                    Some("sni") => sni.push(addr),
+                    Some("admin") => admin = Some(addr),
+                    Some("capture") => capture.push(addr),
+                    _ => {}
+                }
+            }
+            if sni.len() >= sni_count && admin.is_some() {
+                self.sni_addrs = sni;
+                self.capture_addrs = capture;
+                self.admin_addr = admin;
+                return Ok(());
+            }
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "tollgate exited with {status} before listening\n{}",
+                    self.describe()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "tollgate did not log {sni_count} sni + 1 admin `listening` lines within {START_TIMEOUT:?}\n{}",
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The first SNI listener's address.
+    pub fn sni_addr(&self) -> SocketAddr {
+        self.sni_addrs[0]
+    }
+
+    /// All SNI listeners' addresses, in log order.
+    pub fn sni_addrs(&self) -> &[SocketAddr] {
+        &self.sni_addrs
+    }
+
+    /// The capture (original-destination) listeners' addresses, if the binary has them.
+    pub fn capture_addrs(&self) -> &[SocketAddr] {
+        &self.capture_addrs
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+            .expect("admin_addr is set once start() returned")
+    }
+
+    /// The labels file the proxy watches (absent unless the test wrote it).
+    pub fn labels_file(&self) -> &Path {
+        &self.labels_file
+    }
+
+    /// The unlock sentinel the proxy watches (absent unless the test created it).
+    pub fn unlock_file(&self) -> &Path {
+        &self.unlock_file
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every stderr line that parses as JSON, normalised by [`parse_log_line`].
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| parse_log_line(l))
+            .collect()
+    }
+
+    /// The per-connection log lines (`message == "connection"`), in order.
+    pub fn connection_logs(&self) -> Vec<Value> {
+        self.json_lines()
+            .into_iter()
+            .filter(|v| v["message"] == "connection")
+            .collect()
+    }
+
+    /// Waits for a log line matching `pred` and returns it.
+    pub async fn wait_for_log(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.json_lines().into_iter().find(|v| pred(v)) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no log line matching {what} within {timeout:?}\n{}",
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until at least `n` connection lines were logged; returns them all.
+    pub async fn wait_for_connection_logs(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.connection_logs();
+            if logs.len() >= n {
+                return Ok(logs);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "expected {n} connection log lines within {timeout:?}, got {}\n{}",
+                    logs.len(),
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a connection line whose `sni` is `sni` (exactly as logged) and returns it.
+    pub async fn wait_for_connection(&self, sni: &str, timeout: Duration) -> Result<Value> {
+        self.wait_for_log(timeout, &format!("connection sni={sni}"), |v| {
+            v["message"] == "connection" && v["sni"] == sni
+        })
+        .await
+    }
+
+    /// Waits for the connection line whose `peer` is `peer` (the client's local address): the
+    /// unambiguous way to find one connection's line among concurrent or late ones.
+    pub async fn wait_for_peer(&self, peer: SocketAddr, timeout: Duration) -> Result<Value> {
+        let want = peer.to_string();
+        self.wait_for_log(timeout, &format!("connection peer={want}"), |v| {
+            v["message"] == "connection" && v["peer"] == want.as_str()
+        })
+        .await
+    }
+
+    /// `GET path` on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.admin_addr();
+        let mut stream = match &self.netns {
+            Some(ns) => {
+                let s = crate::netns::connect_tcp_in(ns, addr)?;
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)?
+            }
+            None => tokio::net::TcpStream::connect(addr).await?,
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            stream.write_all(req.as_bytes()).await?;
+            stream.read_to_end(&mut raw).await
+        })
+        .await
+        .map_err(|_| anyhow!("admin GET {path} timed out"))??;
+        parse_http_response(&raw).with_context(|| format!("admin GET {path}"))
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let (status, body) = self.admin_get("/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// The value of `name{labels}` (summed over series whose labels include `labels`).
+    pub async fn metric_value(&self, name: &str, labels: &[(&str, &str)]) -> Result<Option<f64>> {
+        Ok(metric_value(&self.metrics().await?, name, labels))
+    }
+
+    /// Like [`Proxy::metric_value`] with an absent series read as 0.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        Ok(self.metric_value(name, labels).await?.unwrap_or(0.0))
+    }
+
+    /// Waits until `name{labels}` (absent = 0) satisfies `pred`; returns the value.
+    pub async fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name, labels).await?;
+            if pred(v) {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                let text = self.metrics().await.unwrap_or_default();
+                let related: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+                bail!(
+                    "metric {name}{labels:?} = {v} never satisfied the condition within {timeout:?}; series:\n{}\n{}",
+                    related.join("\n"),
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)?;
+        Ok(())
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait()?;
+        }
+        Ok(self.exit)
+    }
+
+    /// True while the process is still running.
+    pub fn try_wait_alive(&mut self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "tollgate still running {timeout:?} later\n{}",
+                    self.describe()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The command line and the whole captured output, for failure messages.
+    pub fn describe(&self) -> String {
+        let stderr = self.stderr.lock().unwrap();
+        let stdout = self.stdout.lock().unwrap();
+        let mut s = format!(
+            "--- tollgate: {}\n--- stderr ({} lines):\n",
+            self.command_line,
+            stderr.len()
+        );
+        for l in stderr.iter() {
+            s.push_str(l);
+            s.push('\n');
+        }
+        if !stdout.is_empty() {
+            s.push_str(&format!("--- stdout ({} lines):\n", stdout.len()));
+            for l in stdout.iter() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s.push_str("--- end of tollgate output");
+        s
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("TOLLGATE_TEST_SHOW_LOG").is_some() {
+            // Give the reader threads a moment to drain the pipes.
+            std::thread::sleep(Duration::from_millis(50));
+            eprintln!("{}", self.describe());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_flattened() {
+        let v = parse_log_line(
+            r#"{"level":"INFO","fields":{"message":"connection","sni":"a.test"},"target":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(v["message"], "connection");
+        assert_eq!(v["sni"], "a.test");
+        assert!(parse_log_line("not json").is_none());
+    }
+}
