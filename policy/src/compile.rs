@@ -1,6 +1,8 @@
 //! The compile step: raw file → `Policy`. Each table has its own module under `compile/`; this
-//! file holds the top-level keys and the helpers the tables share (host lists, durations).
+//! file holds the top-level keys and the helpers the tables share (host lists, durations, located
+//! wrappers around the pure parsers in `gateway::parse` and `money`).
 
+mod capture;
 mod hosts;
 mod intercept;
 mod tunnel;
@@ -46,14 +48,17 @@ fn compile(src: Source<'_>, raw: &RawPolicy) -> Result<Policy, PolicyError> {
     let intercept = intercept::compile(src, &raw.intercept)?;
     let tunnel = tunnel::compile(src, &raw.tunnel)?;
     let hosts = hosts::compile(src, &raw.hosts)?;
+    let capture = capture::compile(src, &raw.capture)?;
     Ok(Policy {
         origin: src.origin.to_owned(),
         phase,
-        intercept,
+        intercept: intercept.hosts,
         allow: tunnel.allow,
         deny: tunnel.deny,
         hosts,
         tunnel: tunnel.settings,
+        capture,
+        gateway: intercept.gateway,
     })
 }
 
@@ -131,4 +136,115 @@ pub(crate) fn duration(
         ));
     }
     Ok(parsed)
+}
+
+/// A string value run through one of the pure parsers in `gateway::parse`, its message located at
+/// the value.
+pub(crate) fn checked<T>(
+    src: Source<'_>,
+    key: &str,
+    value: &Spanned<String>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, PolicyError> {
+    parse(value.get_ref()).map_err(|m| src.error(value.span(), key, m))
+}
+
+/// `checked` for an optional key: `None` when the key is absent.
+pub(crate) fn optional<T>(
+    src: Source<'_>,
+    key: &str,
+    value: Option<&Spanned<String>>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<Option<T>, PolicyError> {
+    value.map(|v| checked(src, key, v, parse)).transpose()
+}
+
+/// A list of strings, each parsed, with repeats (after parsing) refused: `what` names an item in
+/// the message ("duplicate provider \"x\", already listed at line 4").
+pub(crate) fn unique_list<T: PartialEq>(
+    src: Source<'_>,
+    key: &str,
+    what: &str,
+    items: &[Spanned<String>],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, PolicyError> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let value = checked(src, &item_key, item, &parse)?;
+        if let Some(first) = out.iter().position(|v| *v == value) {
+            let message = format!(
+                "duplicate {what} {:?}, already listed at line {}",
+                item.get_ref(),
+                src.line(items[first].span().start)
+            );
+            return Err(src.error(item.span(), item_key, message));
+        }
+        out.push(value);
+    }
+    Ok(out)
+}
+
+/// The decimal text of a value that may be written as a string or a TOML number. A float is taken
+/// from its literal text (underscores removed), so `5.10` stays exactly 5.10, never a binary
+/// approximation; `what` completes "expected <what>, found a boolean".
+pub(crate) fn number_text(
+    src: Source<'_>,
+    key: &str,
+    value: &Spanned<toml::Value>,
+    what: &str,
+) -> Result<String, PolicyError> {
+    match value.get_ref() {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(_) => {
+            let literal = src.text.get(value.span()).unwrap_or_default();
+            Ok(literal.replace('_', ""))
+        }
+        other => Err(src.error(
+            value.span(),
+            key,
+            format!("expected {what}, found {}", article(other.type_str())),
+        )),
+    }
+}
+
+/// "a boolean", "an array".
+pub(crate) fn article(type_name: &str) -> String {
+    let an = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if an { "an" } else { "a" })
+}
+
+/// An amount of USD (string or number) through one of the `money` parsers.
+pub(crate) fn usd(
+    src: Source<'_>,
+    key: &str,
+    value: &Spanned<toml::Value>,
+    parse: fn(&str) -> Result<u64, crate::money::MoneyError>,
+) -> Result<u64, PolicyError> {
+    let text = number_text(src, key, value, "an amount in usd such as \"5.00\"")?;
+    parse(&text).map_err(|e| src.error(value.span(), key, format!("{e}, found {text:?}")))
+}
+
+/// An integer in `1..=max`: counts and limits where zero would refuse everything.
+pub(crate) fn positive(
+    src: Source<'_>,
+    key: &str,
+    value: &Spanned<i64>,
+    max: u32,
+) -> Result<std::num::NonZeroU32, PolicyError> {
+    u32::try_from(*value.get_ref())
+        .ok()
+        .filter(|v| *v <= max)
+        .and_then(std::num::NonZeroU32::new)
+        .ok_or_else(|| {
+            src.error(
+                value.span(),
+                key,
+                format!(
+                    "expected an integer from 1 to {max}, found {}",
+                    value.get_ref()
+                ),
+            )
+        })
 }

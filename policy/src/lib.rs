@@ -5,8 +5,10 @@
 //! Layout, in the order a policy file passes through it:
 //!
 //! ```text
-//! text → raw (serde, spans) → compile{,/intercept,/tunnel,/hosts} → Policy
-//!                                  └─ host (normalize_host, HostPattern), error (PolicyError)
+//! text → raw (serde, spans) → compile{,/intercept{,/access,/requests,/spend},/tunnel,/hosts,/capture}
+//!      → Policy { .., gateway: GatewaySettings } → env (apply_env: the reference's variables)
+//!   shared: host (normalize_host, HostPattern), gateway::parse (pure value parsers),
+//!           money (exact USD), error (PolicyError)
 //! ```
 //!
 //! - `raw`: the file as written, every value that still needs checking wrapped in `Spanned`.
@@ -14,28 +16,44 @@
 //! - `host`: host-name normalisation and patterns, shared with the proxy's SNI handling.
 //! - `error`: `PolicyError` and the mapping of toml/serde errors to line, column and key path.
 //! - `policy`: the compiled `Policy` and its lookups; `phase`: `Phase`.
+//! - `gateway`: the LLM gateway's compiled settings (`GatewaySettings`, model rules, endpoints);
+//!   `gateway::parse` holds the value parsers both the file and the environment go through.
+//! - `env`: `Policy::apply_env`, the reference sidecar's environment variables.
+//! - `money`: exact decimal USD → integer micro-USD / pico-USD (public: the proxy reads the
+//!   upstream's prices and costs with it).
 //!
 //! CONTRACT (used by the proxy; keep these names and signatures):
 //! - `Policy::parse(text, origin) -> Result<Policy, PolicyError>`
 //! - `Policy::load(path) -> Result<Policy, PolicyError>`
 //! - `Policy::embedded_default() -> Policy` (agent phase, intercept openrouter.ai, nothing else)
-//! - `Policy::{phase, intercept, allow, deny, hosts, tunnel}` fields, `Policy::host_rule(host)`
+//! - `Policy::{phase, intercept, allow, deny, hosts, tunnel, capture, gateway}` fields,
+//!   `Policy::host_rule(host)`, `Policy::apply_env(&dyn Fn(&str) -> Option<String>)`
 //! - `HostPattern::matches(&self, host)`, `Display` gives the pattern as written
 //! - `Phase::{Agent, Verification}`, `Phase::as_str()`, `Phase::from_label(&str) -> Option<Phase>`
 //! - `PolicyError` Display: `<origin>:<line>:<col>: <key>: <what was expected / found>`
 #![forbid(unsafe_code)]
 
 mod compile;
+mod env;
 mod error;
+mod gateway;
 mod host;
+pub mod money;
 mod phase;
 mod policy;
 mod raw;
 
+pub use env::ENV_VARS;
 pub use error::PolicyError;
+pub use gateway::{
+    AliasKind, AuthSettings, BudgetSettings, CaFiles, DEFAULT_MAX_BODY, Endpoint, EndpointSet,
+    FieldAllowlists, GatewaySettings, KeySource, LimitSettings, MAX_MAX_BODY, ModelDenied,
+    ModelPattern, ModelPolicy, Price, PricingSettings, ProviderOverride, ProviderPrefs,
+    ProviderSettings, TlsSettings, Upstream, WorkspaceSettings,
+};
 pub use host::{HostError, HostList, HostPattern, normalize_host};
 pub use phase::Phase;
-pub use policy::{HostRule, Policy, TunnelSettings};
+pub use policy::{CaptureSettings, Destination, HostRule, Policy, TunnelSettings};
 
 /// The built-in policy (agent phase, intercept openrouter.ai, nothing else), used without a file.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../examples/default.toml");

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{PolicyError, Source};
+use crate::gateway::GatewaySettings;
 use crate::host::{HostList, HostPattern};
 use crate::phase::Phase;
 
@@ -47,6 +48,59 @@ pub struct Policy {
     pub hosts: Vec<HostRule>,
     /// Tunnel timeouts.
     pub tunnel: TunnelSettings,
+    /// Destinations for connections captured by the catch-all redirect (`[capture]`).
+    pub capture: CaptureSettings,
+    /// The LLM gateway's settings: `[intercept]` beyond `hosts`, plus `apply_env`'s overrides.
+    pub gateway: GatewaySettings,
+}
+
+/// An address range and, optionally, the only ports it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// The range (a single address is a /32 or /128).
+    pub net: ipnet::IpNet,
+    /// The ports covered; empty means every port.
+    pub ports: Vec<u16>,
+}
+
+impl Destination {
+    /// Whether `addr` falls in the range and, when ports are listed, on one of them.
+    pub fn matches(&self, addr: std::net::SocketAddr) -> bool {
+        self.net.contains(&addr.ip())
+            && (self.ports.is_empty() || self.ports.contains(&addr.port()))
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.net)?;
+        if !self.ports.is_empty() {
+            let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            write!(f, " ports {}", ports.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[capture]`: the original-destination router's lists.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureSettings {
+    /// Agent phase: the only destinations captured connections may reach.
+    pub allow: Vec<Destination>,
+    /// Both phases: destinations never reached (in verification everything else passes).
+    pub deny: Vec<Destination>,
+}
+
+impl CaptureSettings {
+    /// The first allow entry that matches `addr`.
+    pub fn allowed(&self, addr: std::net::SocketAddr) -> Option<&Destination> {
+        self.allow.iter().find(|d| d.matches(addr))
+    }
+
+    /// The first deny entry that matches `addr`.
+    pub fn denied(&self, addr: std::net::SocketAddr) -> Option<&Destination> {
+        self.deny.iter().find(|d| d.matches(addr))
+    }
 }
 
 impl Policy {
@@ -80,13 +134,14 @@ impl Policy {
     }
 
     /// One short paragraph for `tollgate check` and reload logs: origin, version, phase, counts
-    /// and the patterns themselves (the first few of each list).
+    /// and the patterns themselves (the first few of each list), then the gateway's settings in
+    /// brief. Never a secret: keys appear only as where they are read from.
     pub fn summary(&self) -> String {
         let names = |list: &HostList| list.iter().map(ToString::to_string).collect::<Vec<_>>();
         let hosts = self.hosts.iter().map(|r| r.pattern.to_string()).collect();
         format!(
             "{} (policy version {}): default phase {}; intercept {}; tunnel allow {}; deny {}; \
-             host rules {}; connect timeout {}, idle timeout {}.",
+             host rules {}; capture allow {}, deny {}; connect timeout {}, idle timeout {}{}.",
             self.origin,
             crate::compile::SUPPORTED_VERSION,
             self.phase.as_str(),
@@ -94,9 +149,92 @@ impl Policy {
             listing(names(&self.allow)),
             listing(names(&self.deny)),
             listing(hosts),
+            listing(self.capture.allow.iter().map(ToString::to_string).collect()),
+            listing(self.capture.deny.iter().map(ToString::to_string).collect()),
             humantime::format_duration(self.tunnel.connect_timeout),
             humantime::format_duration(self.tunnel.idle_timeout),
+            self.gateway_summary(),
         )
+    }
+
+    /// The gateway's part of the summary; nothing when no host is intercepted.
+    fn gateway_summary(&self) -> String {
+        if self.intercept.is_empty() {
+            return String::new();
+        }
+        let g = &self.gateway;
+        let endpoints: Vec<&str> = g.endpoints.iter().map(|e| e.name()).collect();
+        let budget = match g.budget.max_cost_micros {
+            Some(micros) => format!(
+                "budget {} usd (refusals {})",
+                crate::money::format_micros(micros),
+                g.budget.refusal_status
+            ),
+            None => "no budget (every request with a cost is refused)".to_owned(),
+        };
+        let patterns = |list: &[crate::gateway::ModelPattern]| {
+            listing(list.iter().map(ToString::to_string).collect())
+        };
+        let auth = match (&g.auth.api_key_sha256, &g.auth.inject) {
+            (Some(_), Some(source)) => format!("key pinned, injected from {source}"),
+            (Some(_), None) => "key pinned".to_owned(),
+            (None, Some(source)) => format!("key injected from {source}"),
+            (None, None) => "agent's key passed through".to_owned(),
+        };
+        let workspace = match g.workspace.enabled() {
+            Some(id) => format!(
+                "workspace check {id} every {}",
+                humantime::format_duration(g.workspace.refresh)
+            ),
+            None => "workspace check off".to_owned(),
+        };
+        let env = if g.env_overrides.is_empty() {
+            "none".to_owned()
+        } else {
+            g.env_overrides.join(", ")
+        };
+        format!(
+            "; gateway to {}: endpoints {}; {budget}; models allow {}, deny {}; {auth}; {workspace}; \
+             prices {} set, fetch {}; env overrides {env}",
+            g.upstream,
+            if endpoints.is_empty() {
+                "none".to_owned()
+            } else {
+                endpoints.join(", ")
+            },
+            patterns(&g.models.allow),
+            patterns(&g.models.deny),
+            g.pricing.models.len(),
+            if g.pricing.fetch { "on" } else { "off" },
+        )
+    }
+
+    /// Settings that are valid but probably not what was meant, for `tollgate check` to print
+    /// (one line each). Empty when nothing is intercepted.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.intercept.is_empty() {
+            return out;
+        }
+        let g = &self.gateway;
+        if g.budget.max_cost_micros.is_none() {
+            out.push(
+                "intercept.budget.max_cost_usd is not set (nor MAX_COST_USD): the gateway refuses \
+                 every request that costs money"
+                    .to_owned(),
+            );
+        }
+        if !g.pricing.fetch && g.pricing.fallback.is_none() && g.pricing.models.is_empty() {
+            out.push(
+                "intercept.pricing has no prices, no fallback and fetch = false: every priced \
+                 request is refused"
+                    .to_owned(),
+            );
+        }
+        if g.endpoints.iter().next().is_none() {
+            out.push("intercept.endpoints is empty: the gateway forwards nothing".to_owned());
+        }
+        out
     }
 }
 

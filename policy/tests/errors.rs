@@ -10,6 +10,20 @@ use tollgate_policy::{Policy, PolicyError};
 /// (file, line, column, key, message substring)
 const CASES: &[(&str, usize, usize, &str, &str)] = &[
     (
+        "capture-empty-ports.toml",
+        5,
+        3,
+        "capture.allow[0].ports",
+        "expected at least one port, found an empty list",
+    ),
+    (
+        "capture-unknown-key.toml",
+        4,
+        32,
+        "capture.deny[0]",
+        "unknown key `port`, expected `cidr` or `ports`",
+    ),
+    (
         "syntax-error.toml",
         4,
         8,
@@ -156,6 +170,231 @@ const CASES: &[(&str, usize, usize, &str, &str)] = &[
         "hosts.\"mirror.test\".port",
         "expected a port from 1 to 65535, found 0",
     ),
+    // The gateway's settings: [intercept] beyond hosts, and its sub-tables.
+    (
+        "unknown-endpoint.toml",
+        5,
+        22,
+        "intercept.endpoints[1]",
+        "expected one of chat, embeddings, completions, responses, messages, models, found \"images\"",
+    ),
+    (
+        "duplicate-endpoint.toml",
+        7,
+        3,
+        "intercept.endpoints[2]",
+        "duplicate endpoint \"chat\", already listed at line 5",
+    ),
+    (
+        "upstream-not-https.toml",
+        5,
+        12,
+        "intercept.upstream",
+        "expected an https url (the gateway forwards only over tls), found \"http://openrouter.ai\"",
+    ),
+    (
+        "upstream-credentials.toml",
+        5,
+        12,
+        "intercept.upstream",
+        "expected no user name or password in the url (not shown); keys belong in [intercept.auth]",
+    ),
+    (
+        "bad-upstream-port.toml",
+        5,
+        12,
+        "intercept.upstream",
+        "expected a port from 1 to 65535 in the url, found \"https://openrouter.ai:0\"",
+    ),
+    (
+        "bad-max-body.toml",
+        5,
+        12,
+        "intercept.max_body",
+        "expected a size such as 10485760 or \"10MiB\" (units B, KiB, MiB, GiB), found \"10MB\"",
+    ),
+    (
+        "relative-path.toml",
+        5,
+        17,
+        "intercept.extra_ca_file",
+        "expected an absolute path such as \"/etc/tollgate/ca.pem\", found \"certs/ca.pem\"",
+    ),
+    (
+        "ca-cert-without-key.toml",
+        5,
+        11,
+        "intercept.tls.ca_cert",
+        "expected `ca_key` too: give both ca files, or neither to generate a ca at start",
+    ),
+    (
+        "bad-sha256.toml",
+        5,
+        18,
+        "intercept.auth.api_key_sha256",
+        "expected the key's sha-256 as 64 hexadecimal characters, found 21 characters (not shown)",
+    ),
+    (
+        "inject-key-both.toml",
+        6,
+        19,
+        "intercept.auth.inject_key_file",
+        "expected `inject_key_env` or `inject_key_file`, not both",
+    ),
+    (
+        "bad-env-var-name.toml",
+        5,
+        22,
+        "intercept.workspace.management_key_env",
+        "expected an environment variable name such as \"OPENROUTER_API_KEY\", found \"sk-or-mgmt-key\"",
+    ),
+    (
+        "bad-model-pattern.toml",
+        5,
+        9,
+        "intercept.models.deny[0]",
+        "expected a model id or pattern without spaces or commas, found ',' in \"openai/*,anthropic/*\"",
+    ),
+    (
+        "duplicate-model-pattern.toml",
+        6,
+        3,
+        "intercept.models.allow[1]",
+        "duplicate pattern \"OpenAI/*\", already listed at line 5",
+    ),
+    (
+        "bad-provider-name.toml",
+        5,
+        23,
+        "intercept.provider.order[1]",
+        "expected a provider name such as \"anthropic\" (no spaces or commas), found \"google vertex\"",
+    ),
+    (
+        "duplicate-provider.toml",
+        7,
+        3,
+        "intercept.provider.order[2]",
+        "duplicate provider \"anthropic\", already listed at line 5",
+    ),
+    (
+        "provider-model-glob.toml",
+        4,
+        1,
+        "intercept.provider.models.\"anthropic/*\"",
+        "expected an exact model id such as \"openai/gpt-4o\", found the pattern \"anthropic/*\"",
+    ),
+    (
+        "duplicate-model-table.toml",
+        8,
+        1,
+        "intercept.pricing.models.\"OpenAI/GPT-4o\"",
+        "duplicate model \"OpenAI/GPT-4o\", already listed at line 4",
+    ),
+    (
+        "fields-without-model.toml",
+        5,
+        8,
+        "intercept.fields.chat",
+        "expected the list to include \"model\": without it every request would be refused",
+    ),
+    (
+        "fields-with-provider.toml",
+        5,
+        30,
+        "intercept.fields.chat[2]",
+        "expected fields the agent may set; `provider` is always replaced by the gateway",
+    ),
+    (
+        "budget-not-a-number.toml",
+        5,
+        16,
+        "intercept.budget.max_cost_usd",
+        "expected an amount in usd such as \"5.00\" or \"0.0000025\", found \"five dollars\"",
+    ),
+    (
+        "budget-negative.toml",
+        5,
+        16,
+        "intercept.budget.max_cost_usd",
+        "expected an amount of zero or more, found \"-1\"",
+    ),
+    (
+        "budget-too-precise.toml",
+        5,
+        16,
+        "intercept.budget.max_cost_usd",
+        "expected at most 6 decimal places (1 micro-usd), found \"0.0000001\"",
+    ),
+    (
+        "budget-too-large.toml",
+        5,
+        16,
+        "intercept.budget.max_cost_usd",
+        "expected at most 1000000 usd, found \"5000000\"",
+    ),
+    (
+        "budget-wrong-type.toml",
+        5,
+        16,
+        "intercept.budget.max_cost_usd",
+        "expected an amount in usd such as \"5.00\", found a boolean",
+    ),
+    (
+        "bad-refusal-status.toml",
+        5,
+        18,
+        "intercept.budget.refusal_status",
+        "expected 429 or 402, found 403",
+    ),
+    (
+        "zero-min-completion-tokens.toml",
+        5,
+        25,
+        "intercept.budget.min_completion_tokens",
+        "expected an integer from 1 to 1000000, found 0",
+    ),
+    (
+        "bad-evaluation-run-id.toml",
+        5,
+        21,
+        "intercept.budget.evaluation_run_id",
+        "expected a run id of at most 256 characters without control characters, found \"run\\n42\"",
+    ),
+    (
+        "price-too-precise.toml",
+        5,
+        10,
+        "intercept.pricing.models.\"openai/gpt-4o\".prompt",
+        "expected at most 12 decimal places (1 pico-usd), found \"0.0000000000001\"",
+    ),
+    (
+        "price-missing-completion.toml",
+        5,
+        12,
+        "intercept.pricing.fallback",
+        "missing key `completion`",
+    ),
+    (
+        "bad-workspace-id.toml",
+        5,
+        6,
+        "intercept.workspace.id",
+        "expected a workspace id of letters, digits, '-' and '_', found \"../keys\"",
+    ),
+    (
+        "stale-before-refresh.toml",
+        6,
+        15,
+        "intercept.workspace.stale_after",
+        "expected stale_after (1m) to be longer than refresh (5m), or every read would be stale",
+    ),
+    (
+        "zero-rate-limit.toml",
+        5,
+        23,
+        "intercept.limits.requests_per_second",
+        "expected an integer from 1 to 1000000, found 0",
+    ),
 ];
 
 fn bad_dir() -> PathBuf {
@@ -265,6 +504,72 @@ fn other_schema_errors_are_located_too() {
             "version = 1\ntunnel = 3\n",
             "tunnel",
             "expected a table, found integer `3`",
+        ),
+    ];
+    for &(text, key, message) in cases {
+        let e = Policy::parse(text, "t.toml").unwrap_err();
+        assert!(e.line > 0, "{text:?}: {e}");
+        assert_eq!(e.key, key, "{text:?}: {e}");
+        assert!(e.message.contains(message), "{text:?}: {e}");
+    }
+}
+
+#[test]
+fn secrets_in_bad_files_are_not_echoed() {
+    // Someone may paste a key where a url or a digest belongs; errors end up in logs.
+    for file in ["upstream-credentials.toml", "bad-sha256.toml"] {
+        let e = load(file).to_string();
+        assert!(!e.contains("sk-or"), "{file}: {e}");
+    }
+}
+
+#[test]
+fn gateway_schema_errors_are_located_too() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "version = 1\n[intercept.budget]\nmax_cost = 5\n",
+            "intercept.budget",
+            "unknown key `max_cost`, expected one of `max_cost_usd`",
+        ),
+        (
+            "version = 1\n[intercept.provider.models.\"a/b\"]\nordr = []\n",
+            "intercept.provider.models.\"a/b\"",
+            "unknown key `ordr`",
+        ),
+        (
+            "version = 1\n[intercept.pricing]\nfetch = \"yes\"\n",
+            "intercept.pricing.fetch",
+            "expected a boolean, found string \"yes\"",
+        ),
+        (
+            "version = 1\n[intercept.fields]\nmodels = [\"model\"]\n",
+            "intercept.fields",
+            "unknown key `models`",
+        ),
+        (
+            "version = 1\n[intercept]\nmax_body = -5\n",
+            "intercept.max_body",
+            "found -5",
+        ),
+        (
+            "version = 1\n[intercept.pricing.models.\"a/b\"]\nprompt = [1]\ncompletion = 1\n",
+            "intercept.pricing.models.\"a/b\".prompt",
+            "found an array",
+        ),
+        (
+            "version = 1\n[intercept.limits]\nburst = 1.5\n",
+            "intercept.limits.burst",
+            "expected an integer",
+        ),
+        (
+            "version = 1\n[intercept.workspace]\nmanagement_key_env = \"K\"\nmanagement_key_file = \"/k\"\n",
+            "intercept.workspace.management_key_file",
+            "not both",
+        ),
+        (
+            "version = 1\n[intercept.tls]\nca_key = \"/k\"\n",
+            "intercept.tls.ca_key",
+            "expected `ca_cert` too",
         ),
     ];
     for &(text, key, message) in cases {

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use tollgate_policy::{DEFAULT_POLICY_TOML, HostPattern, Phase, Policy};
+use tollgate_policy::{
+    DEFAULT_POLICY_TOML, GatewaySettings, HostPattern, ModelPattern, Phase, Policy, Price,
+    ProviderOverride,
+};
 
 #[test]
 fn every_example_compiles() {
@@ -55,5 +58,38 @@ fn examples_say_what_their_names_say() {
     assert_eq!(
         pinned.host_rule("local.test").unwrap().allow_ranges.len(),
         2
+    );
+}
+
+#[test]
+fn gateway_example_shows_the_defaults_except_where_it_says_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let example = Policy::load(&dir.join("gateway.toml")).unwrap();
+    let mut expected = GatewaySettings::default();
+    // The lines marked "example".
+    expected.budget.max_cost_micros = Some(5_000_000);
+    expected.models.deny = vec![ModelPattern::parse("openai/o1-pro*").unwrap()];
+    expected.provider.per_model.insert(
+        "anthropic/claude-sonnet-4".into(),
+        ProviderOverride {
+            order: Some(vec!["anthropic".into()]),
+            allow_fallbacks: Some(false),
+        },
+    );
+    expected.pricing.models.insert(
+        "openai/gpt-4o".into(),
+        Price {
+            prompt: 2_500_000,
+            completion: 10_000_000,
+            request: 0,
+            image: 3_613_000_000,
+            reasoning: 0,
+        },
+    );
+    assert_eq!(example.gateway, expected);
+    // The built-in policy takes every gateway default; without MAX_COST_USD it spends nothing.
+    assert_eq!(
+        Policy::embedded_default().gateway,
+        GatewaySettings::default()
     );
 }

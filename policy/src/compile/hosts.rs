@@ -72,7 +72,7 @@ fn rule(
 }
 
 /// Port 0 cannot be dialled; anything above 65535 does not exist.
-fn port(src: Source<'_>, key: &str, value: &Spanned<i64>) -> Result<u16, PolicyError> {
+pub(super) fn port(src: Source<'_>, key: &str, value: &Spanned<i64>) -> Result<u16, PolicyError> {
     u16::try_from(*value.get_ref())
         .ok()
         .filter(|p| *p != 0)
@@ -116,7 +116,11 @@ fn pins(
 
 /// A CIDR range, or a single address meaning just that address. Host bits are cleared
 /// ("10.1.2.3/8" becomes "10.0.0.0/8") so the compiled policy shows what is actually allowed.
-fn ip_range(src: Source<'_>, key: &str, range: &Spanned<String>) -> Result<IpNet, PolicyError> {
+pub(super) fn ip_range(
+    src: Source<'_>,
+    key: &str,
+    range: &Spanned<String>,
+) -> Result<IpNet, PolicyError> {
     let text = range.get_ref();
     let net = match text.parse::<IpNet>() {
         Ok(net) => Ok(net.trunc()),

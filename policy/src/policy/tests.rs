@@ -132,8 +132,24 @@ fn summary_names_origin_version_phase_and_patterns() {
         s,
         "/etc/tollgate/policy.toml (policy version 1): default phase agent; intercept none; \
          tunnel allow 7 (a.test, *.b.test, c.test, d.test, e.test, +2 more); deny none; \
-         host rules 1 (a.test); connect timeout 5s, idle timeout 10m."
+         host rules 1 (a.test); capture allow none, deny none; connect timeout 5s, idle timeout 10m."
     );
+}
+
+#[test]
+fn capture_destinations_match_range_and_ports() {
+    let p = parse(
+        "version = 1\n[capture]\nallow = [{ cidr = \"198.51.100.0/24\", ports = [5432, 6379] }]\ndeny = [{ cidr = \"10.0.0.0/8\" }]\n",
+    );
+    let db: std::net::SocketAddr = "198.51.100.7:5432".parse().unwrap();
+    let web: std::net::SocketAddr = "198.51.100.7:80".parse().unwrap();
+    let inner: std::net::SocketAddr = "10.9.9.9:1".parse().unwrap();
+    assert_eq!(
+        p.capture.allowed(db).unwrap().to_string(),
+        "198.51.100.0/24 ports 5432,6379"
+    );
+    assert!(p.capture.allowed(web).is_none());
+    assert_eq!(p.capture.denied(inner).unwrap().to_string(), "10.0.0.0/8");
 }
 
 #[test]
