@@ -25,6 +25,7 @@ pub mod admin;
 pub mod cli;
 pub mod client_hello;
 pub mod connection;
+pub mod enforce;
 pub mod intercept;
 pub mod metrics;
 pub mod orig_dst;

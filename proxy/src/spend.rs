@@ -17,6 +17,23 @@
 //! - [`usage`]: cost, tokens, id, model, provider and errors from JSON responses and generation
 //!   lookups; [`sse`]: the same, incrementally, from a stream.
 //! - [`metrics`]: the series this stage owns.
+//!
+//! # What the gateway calls, and when
+//! 1. At start: [`Ledger::open`] (replays the journal, settles reservations a crash left open at
+//!    their worst case), [`Ledger::spawn_flusher`]; build a [`PriceTable`] from the policy and,
+//!    on each fetch of `GET /api/v1/models`, swap in `table.with_upstream(price::parse_models(body)?)`.
+//! 2. Per request, after the request policy: [`RequestShape::from_json`] on the filtered body,
+//!    then `ledger.reserve(meta, |remaining| estimate::quote(&shape, &prices, &cfg, remaining)
+//!    .map(|q| (q.worst_case, q)))`; on success [`estimate::apply`] the quote to the body and
+//!    forward it. Refusals: [`EstimateError::Budget`] → 429/402, [`EstimateError::Price`] →
+//!    [`PriceError::http_status`], [`EstimateError::BadField`] → 400, [`ReserveError::Journal`]
+//!    → 503; log them with [`Ledger::record_refusal`].
+//! 3. After the response: the cost from [`usage::parse_response`] (JSON) or an
+//!    [`sse::SseParser`] fed a copy of every chunk; without one, [`usage::parse_generation`] on
+//!    `GET /api/v1/generation?id=` with backoff; then [`Reservation::settle`], or
+//!    [`Reservation::settle_worst_case`]. Move the reservation into the task that settles it: a
+//!    reservation dropped by a cancelled future settles at its worst case at once.
+//! 4. At shutdown: `flusher.stop()` (fsync + usage file).
 
 pub mod estimate;
 pub mod journal;
@@ -30,7 +47,8 @@ pub mod usage;
 
 pub use estimate::{EstimateConfig, EstimateError, OutputField, Quote, RequestShape};
 pub use ledger::{
-    BudgetExceeded, Ledger, LedgerConfig, RequestMeta, ReserveError, Reservation, Settlement, SettlementSource,
+    BudgetExceeded, Ledger, LedgerConfig, RequestMeta, Reservation, ReserveError, Settlement,
+    SettlementSource,
 };
 pub use money::{Micros, UnitPrice};
 pub use price::{ModelPrice, PriceError, PriceTable};

@@ -2,9 +2,14 @@
 //!
 //! # The bound
 //! For every model the request may be served by (`model` and each `models` entry), the worst
-//! case is `n × (request fee + images × image price + prompt bound × prompt price
-//! + max_tokens × max(completion, reasoning) price)`, converted to micro-USD rounding *up*; the
-//! quote is the maximum over the models.
+//! case is
+//!
+//! ```text
+//! n × (request fee + images × image price + prompt bound × prompt price
+//!      + max_tokens × max(completion, reasoning) price)
+//! ```
+//!
+//! in pico-USD, converted to micro-USD rounding *up*; the quote is the maximum over the models.
 //!
 //! The prompt bound is `body bytes + overhead + images × image_tokens + media × media_tokens`,
 //! capped by the model's context length where known, because:
@@ -133,7 +138,11 @@ pub struct RequestShape {
 
 impl RequestShape {
     /// Reads the shape of a (policy-filtered) JSON body of `body_len` bytes.
-    pub fn from_json(body: &Value, body_len: usize, output: OutputField) -> Result<Self, EstimateError> {
+    pub fn from_json(
+        body: &Value,
+        body_len: usize,
+        output: OutputField,
+    ) -> Result<Self, EstimateError> {
         let bad = |field, expected| EstimateError::BadField { field, expected };
         let mut models: Vec<String> = Vec::new();
         match body.get("model") {
@@ -145,7 +154,9 @@ impl RequestShape {
             None | Some(Value::Null) => {}
             Some(Value::Array(list)) => {
                 for m in list {
-                    let m = m.as_str().ok_or_else(|| bad("models", "an array of strings"))?;
+                    let m = m
+                        .as_str()
+                        .ok_or_else(|| bad("models", "an array of strings"))?;
                     if !models.iter().any(|x| x == m) {
                         models.push(m.to_owned());
                     }
@@ -158,7 +169,10 @@ impl RequestShape {
         }
         let choices = match body.get("n") {
             None | Some(Value::Null) => 1,
-            Some(v) => v.as_u64().filter(|n| *n >= 1).ok_or_else(|| bad("n", "a positive integer"))?,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad("n", "a positive integer"))?,
         };
         let mut requested = None;
         let mut keys: Vec<&'static str> = output.key().into_iter().collect();
@@ -170,7 +184,9 @@ impl RequestShape {
                 None | Some(Value::Null) => {}
                 // Of two caps, the provider may honour either: bound by the larger.
                 Some(v) => {
-                    let t = v.as_u64().ok_or_else(|| bad(key, "a non-negative integer"))?;
+                    let t = v
+                        .as_u64()
+                        .ok_or_else(|| bad(key, "a non-negative integer"))?;
                     requested = Some(requested.map_or(t, |r: u64| r.max(t)));
                 }
             }
@@ -272,11 +288,16 @@ impl Terms {
             .cost_picos(1)
             .saturating_add(e.price.image.cost_picos(shape.images))
             .saturating_add(e.price.prompt.cost_picos(prompt));
-        Self { fixed, per_output_token: e.price.output_bound() }
+        Self {
+            fixed,
+            per_output_token: e.price.output_bound(),
+        }
     }
 
     fn cost(&self, choices: u64, max_tokens: u64) -> Micros {
-        let one = self.fixed.saturating_add(self.per_output_token.cost_picos(max_tokens));
+        let one = self
+            .fixed
+            .saturating_add(self.per_output_token.cost_picos(max_tokens));
         Micros::from_picos_ceil(one.saturating_mul(u128::from(choices)))
     }
 }
@@ -292,28 +313,47 @@ pub fn quote(
     for m in &shape.models {
         entries.push((m.as_str(), prices.lookup(m)?.0));
     }
-    let terms: Vec<(&str, Terms)> = entries.iter().map(|(m, e)| (*m, Terms::new(shape, e, cfg))).collect();
+    let terms: Vec<(&str, Terms)> = entries
+        .iter()
+        .map(|(m, e)| (*m, Terms::new(shape, e, cfg)))
+        .collect();
     let worst = |t: u64| -> (Micros, &str) {
         terms
             .iter()
             .map(|(m, x)| (x.cost(shape.choices, t), *m))
-            .fold((Micros::ZERO, ""), |a, b| if b.0 > a.0 || a.1.is_empty() { b } else { a })
+            .fold((Micros::ZERO, ""), |a, b| {
+                if b.0 > a.0 || a.1.is_empty() { b } else { a }
+            })
     };
     if shape.output == OutputField::None {
         let (cost, model) = worst(0);
         if cost > remaining {
-            return Err(BudgetExceeded { remaining, needed: cost }.into());
+            return Err(BudgetExceeded {
+                remaining,
+                needed: cost,
+            }
+            .into());
         }
-        return Ok(Quote { worst_case: cost, max_tokens: None, model: model.to_owned() });
+        return Ok(Quote {
+            worst_case: cost,
+            max_tokens: None,
+            model: model.to_owned(),
+        });
     }
     let hi = shape.requested_max_tokens.unwrap_or_else(|| {
-        let caps = entries.iter().filter_map(|(_, e)| e.limits.completion_cap());
+        let caps = entries
+            .iter()
+            .filter_map(|(_, e)| e.limits.completion_cap());
         caps.min().unwrap_or(cfg.default_max_tokens)
     });
     let lo = cfg.min_completion_tokens.min(hi);
     let (min_cost, _) = worst(lo);
     if min_cost > remaining {
-        return Err(BudgetExceeded { remaining, needed: min_cost }.into());
+        return Err(BudgetExceeded {
+            remaining,
+            needed: min_cost,
+        }
+        .into());
     }
     // Largest t in [lo, hi] with worst(t) ≤ remaining; worst is non-decreasing in t.
     // Invariant: worst(ok) ≤ remaining < worst(bad).
@@ -332,7 +372,11 @@ pub fn quote(
         }
     }
     let (cost, model) = worst(ok);
-    Ok(Quote { worst_case: cost, max_tokens: Some(ok), model: model.to_owned() })
+    Ok(Quote {
+        worst_case: cost,
+        max_tokens: Some(ok),
+        model: model.to_owned(),
+    })
 }
 
 /// Writes the quote's output cap into the body to forward (and into `max_completion_tokens`

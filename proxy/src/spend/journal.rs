@@ -162,11 +162,21 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating) and locks the journal at `path` and replays it.
     pub fn open(path: &Path) -> Result<(Journal, Replay), JournalError> {
-        let io_err = |source| JournalError::Io { path: path.to_owned(), source };
-        let file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io_err)?;
+        let io_err = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io_err)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(f) => f,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(JournalError::Locked(path.to_owned())),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(JournalError::Locked(path.to_owned()));
+            }
             Err((_, e)) => return Err(io_err(io::Error::from(e))),
         };
         let mut bytes = Vec::new();
@@ -175,7 +185,11 @@ impl Journal {
         if good_len < bytes.len() {
             file.set_len(good_len as u64).map_err(io_err)?;
         }
-        let journal = Journal { file, path: path.to_owned(), len: good_len as u64 };
+        let journal = Journal {
+            file,
+            path: path.to_owned(),
+            len: good_len as u64,
+        };
         Ok((journal, replay))
     }
 
@@ -191,7 +205,10 @@ impl Journal {
             }
             Ok(n) => {
                 let _ = self.file.set_len(self.len);
-                Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write: {n} of {} bytes", line.len())))
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {} bytes", line.len()),
+                ))
             }
             Err(e) => {
                 let _ = self.file.set_len(self.len);
@@ -228,19 +245,42 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
         })?;
         match record {
             Record::Open { .. } => {}
-            Record::Reserve { id, micros, model, endpoint } => {
+            Record::Reserve {
+                id,
+                micros,
+                model,
+                endpoint,
+            } => {
                 out.next_id = out.next_id.max(id.saturating_add(1));
                 if !settled_ids.contains(&id) {
-                    out.open.insert(id, OpenReservation { micros, model, endpoint });
+                    out.open.insert(
+                        id,
+                        OpenReservation {
+                            micros,
+                            model,
+                            endpoint,
+                        },
+                    );
                 }
             }
-            Record::Settle { id, micros, model, prompt_tokens, completion_tokens, .. } => {
+            Record::Settle {
+                id,
+                micros,
+                model,
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => {
                 out.next_id = out.next_id.max(id.saturating_add(1));
                 // Each id settles once; a repeat (never written by tollgate) is not counted twice.
                 if settled_ids.insert(id) {
                     out.open.remove(&id);
                     out.totals.add(micros, prompt_tokens, completion_tokens);
-                    out.models.entry(model).or_default().add(micros, prompt_tokens, completion_tokens);
+                    out.models.entry(model).or_default().add(
+                        micros,
+                        prompt_tokens,
+                        completion_tokens,
+                    );
                 }
             }
         }
@@ -250,6 +290,8 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn lines(records: &[Record]) -> Vec<u8> {
@@ -262,7 +304,12 @@ mod tests {
     }
 
     fn reserve(id: u64, micros: u64) -> Record {
-        Record::Reserve { id, micros: Micros(micros), model: "m".into(), endpoint: "chat".into() }
+        Record::Reserve {
+            id,
+            micros: Micros(micros),
+            model: "m".into(),
+            endpoint: "chat".into(),
+        }
     }
 
     fn settle(id: u64, micros: u64) -> Record {
@@ -288,7 +335,13 @@ mod tests {
 
     #[test]
     fn replays_settled_and_open_reservations() {
-        let bytes = lines(&[reserve(0, 100), reserve(1, 200), settle(0, 50), reserve(5, 300), settle(1, 250)]);
+        let bytes = lines(&[
+            reserve(0, 100),
+            reserve(1, 200),
+            settle(0, 50),
+            reserve(5, 300),
+            settle(1, 250),
+        ]);
         let (r, len) = replay(Path::new("j"), &bytes).unwrap();
         assert_eq!(len, bytes.len());
         assert_eq!(r.totals.cost, Micros(300));
@@ -318,7 +371,10 @@ mod tests {
         bytes.extend_from_slice(b"{\"t\":\"reserve\",\"id\":1,\"mic\n");
         bytes.extend(lines(&[settle(0, 10)]));
         let err = replay(Path::new("j"), &bytes).unwrap_err();
-        assert!(matches!(err, JournalError::Corrupt { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, JournalError::Corrupt { line: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,215 +18,25 @@ use std::convert::Infallible;
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-use super::journal::{Journal, JournalError, ModelTotals, OpenReservation, Record, Replay, VERSION};
+use super::journal::{Journal, ModelTotals, OpenReservation, Record, Replay, VERSION};
 use super::metrics::SpendMetrics;
 use super::money::Micros;
 use super::report::{self, InferenceLine, UsageSnapshot};
 
+mod flush;
+mod types;
+
+pub use flush::Flusher;
+pub use types::{
+    BudgetExceeded, LedgerConfig, LedgerError, LedgerSnapshot, Recovery, RequestMeta, ReserveError,
+    Settled, Settlement, SettlementSource,
+};
+
 /// The journal file name inside the data dir.
 pub const JOURNAL_FILE: &str = "proxy_ledger.jsonl";
-
-/// A request refused because its minimum worst case does not fit what is left of the budget.
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
-#[error("budget exceeded: the request needs {needed} usd, {remaining} usd remain")]
-pub struct BudgetExceeded {
-    /// What was left for new reservations.
-    pub remaining: Micros,
-    /// The smallest worst case the request could have reserved.
-    pub needed: Micros,
-}
-
-/// What a settled amount came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SettlementSource {
-    /// `usage.cost` from the JSON body or the final SSE event.
-    Usage,
-    /// `GET /api/v1/generation?id=...`.
-    Generation,
-    /// The reserved worst case (no cost could be learned, or the reservation was dropped).
-    WorstCase,
-}
-
-impl SettlementSource {
-    /// The source as a log field and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SettlementSource::Usage => "usage",
-            SettlementSource::Generation => "generation",
-            SettlementSource::WorstCase => "worst-case",
-        }
-    }
-}
-
-/// Why a reservation was not granted.
-#[derive(Debug, thiserror::Error)]
-pub enum ReserveError<E> {
-    /// The quote refused (unknown price, budget, malformed request).
-    #[error(transparent)]
-    Refused(E),
-    /// The quote asked for more than remains.
-    #[error(transparent)]
-    Budget(BudgetExceeded),
-    /// The reservation could not be journaled, so it was not granted (503, internal).
-    #[error("ledger journal write failed: {0}")]
-    Journal(io::Error),
-}
-
-/// Why the ledger could not open or flush.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// The journal.
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    /// Another file in the data dir.
-    #[error("ledger data dir {path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// The error.
-        source: io::Error,
-    },
-}
-
-/// Ledger settings.
-#[derive(Clone)]
-pub struct LedgerConfig {
-    /// The hard budget.
-    pub budget: Micros,
-    /// The evaluation run id written to the usage file.
-    pub evaluation_run_id: String,
-    /// Where the journal and usage files live; `None` keeps the ledger in memory only.
-    pub data_dir: Option<PathBuf>,
-    /// Series to keep current.
-    pub metrics: Option<SpendMetrics>,
-    /// The wall clock for timestamps (a seam for tests).
-    pub clock: fn() -> SystemTime,
-}
-
-impl LedgerConfig {
-    /// An in-memory ledger with `budget`; set `data_dir` to make it durable.
-    pub fn new(budget: Micros, evaluation_run_id: impl Into<String>) -> Self {
-        Self {
-            budget,
-            evaluation_run_id: evaluation_run_id.into(),
-            data_dir: None,
-            metrics: None,
-            clock: SystemTime::now,
-        }
-    }
-}
-
-/// What the request is, for the journal and the per-request log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RequestMeta {
-    /// The endpoint label (the reference wrote `chat`, `embedding`).
-    pub endpoint: String,
-    /// The requested model (the usage file's key).
-    pub model: String,
-}
-
-/// How a request ended, as the gateway learned it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settlement {
-    /// The amount to charge.
-    pub cost: Micros,
-    /// Where it came from.
-    pub source: SettlementSource,
-    /// The status returned to the agent.
-    pub status_code: u16,
-    /// The model that served the request.
-    pub routed_model: Option<String>,
-    /// The provider that served it.
-    pub provider: Option<String>,
-    /// Prompt tokens.
-    pub prompt_tokens: Option<u64>,
-    /// Completion tokens.
-    pub completion_tokens: Option<u64>,
-    /// The upstream generation id.
-    pub generation_id: Option<String>,
-    /// What went wrong, if anything.
-    pub error: Option<String>,
-    /// The request's latency; default: time since the reservation.
-    pub latency: Option<Duration>,
-}
-
-impl Settlement {
-    /// A settlement of `cost` from `source` with nothing else known.
-    pub fn new(cost: Micros, source: SettlementSource, status_code: u16) -> Self {
-        Self {
-            cost,
-            source,
-            status_code,
-            routed_model: None,
-            provider: None,
-            prompt_tokens: None,
-            completion_tokens: None,
-            generation_id: None,
-            error: None,
-            latency: None,
-        }
-    }
-}
-
-/// The result of a settlement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settled {
-    /// What this request was charged.
-    pub charged: Micros,
-    /// How far the charge exceeded the reservation (zero normally).
-    pub overcharge: Micros,
-    /// Settled spend after this settlement.
-    pub total: Micros,
-    /// What new requests may reserve after this settlement.
-    pub remaining: Micros,
-}
-
-/// A consistent view of the ledger's numbers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LedgerSnapshot {
-    /// The budget.
-    pub budget: Micros,
-    /// Settled spend.
-    pub settled: Micros,
-    /// Reserved for requests in flight.
-    pub reserved: Micros,
-    /// What new requests may reserve.
-    pub remaining: Micros,
-    /// Sum of charges above their reservations (provider error).
-    pub overcharge_excess: Micros,
-    /// Settlements above their reservation.
-    pub overcharges: u64,
-    /// Reservations not yet settled.
-    pub open_reservations: u64,
-    /// Settled requests.
-    pub requests: u64,
-}
-
-impl LedgerSnapshot {
-    /// The invariant: settled + reserved ≤ budget, plus whatever providers overcharged.
-    pub fn invariant_holds(&self) -> bool {
-        u128::from(self.settled.0) + u128::from(self.reserved.0)
-            <= u128::from(self.budget.0) + u128::from(self.overcharge_excess.0)
-    }
-}
-
-/// What [`Ledger::open`] restored.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// Settled spend found in the journal, before recovering open reservations.
-    pub settled: Micros,
-    /// Reservations a crash left open, now settled at their worst case: (id, amount).
-    pub recovered: Vec<(u64, Micros)>,
-    /// Whether a torn last journal line was dropped.
-    pub torn_tail: bool,
-}
 
 /// The budget ledger; cheap to clone (shared state).
 #[derive(Clone)]
@@ -263,20 +73,29 @@ struct State {
 impl Ledger {
     /// An in-memory ledger (no files): for tests and for running without a data dir.
     pub fn in_memory(budget: Micros) -> Ledger {
-        Self::build(LedgerConfig::new(budget, "in-memory"), Replay::default(), None, None)
+        Self::build(
+            LedgerConfig::new(budget, "in-memory"),
+            Replay::default(),
+            None,
+            None,
+        )
     }
 
     /// Opens the ledger: replays `<data_dir>/proxy_ledger.jsonl`, settles reservations a crash
     /// left open at their worst case, and writes the usage file.
     pub fn open(cfg: LedgerConfig) -> Result<(Ledger, Recovery), LedgerError> {
         let Some(dir) = cfg.data_dir.clone() else {
-            return Ok((Self::build(cfg, Replay::default(), None, None), Recovery::default()));
+            return Ok((
+                Self::build(cfg, Replay::default(), None, None),
+                Recovery::default(),
+            ));
         };
         let io_err = |path: PathBuf| move |source| LedgerError::Io { path, source };
         fs::create_dir_all(&dir).map_err(io_err(dir.clone()))?;
         let (mut journal, mut replay) = Journal::open(&dir.join(JOURNAL_FILE))?;
         let jpath = journal.path().to_owned();
-        let inferences = report::open_inferences(&dir).map_err(io_err(dir.join(report::INFERENCES_FILE)))?;
+        let inferences =
+            report::open_inferences(&dir).map_err(io_err(dir.join(report::INFERENCES_FILE)))?;
         let open = Record::Open {
             v: VERSION,
             run: cfg.evaluation_run_id.clone(),
@@ -285,7 +104,9 @@ impl Ledger {
         };
         journal.append(&open).map_err(io_err(jpath.clone()))?;
         let sync = (journal.sync_handle().map_err(io_err(jpath.clone()))?, {
-            inferences.try_clone().map_err(io_err(dir.join(report::INFERENCES_FILE)))?
+            inferences
+                .try_clone()
+                .map_err(io_err(dir.join(report::INFERENCES_FILE)))?
         });
         let left_open = std::mem::take(&mut replay.open);
         let recovery = Recovery {
@@ -301,7 +122,12 @@ impl Ledger {
         Ok((ledger, recovery))
     }
 
-    fn build(cfg: LedgerConfig, replay: Replay, files: Option<(Journal, File)>, sync: Option<(File, File)>) -> Ledger {
+    fn build(
+        cfg: LedgerConfig,
+        replay: Replay,
+        files: Option<(Journal, File)>,
+        sync: Option<(File, File)>,
+    ) -> Ledger {
         let (journal, inferences) = files.map_or((None, None), |(j, i)| (Some(j), Some(i)));
         let state = State {
             // After a restart with a lower budget, what was settled above it counts as excess.
@@ -335,11 +161,16 @@ impl Ledger {
     fn lock(&self) -> MutexGuard<'_, State> {
         // State is only mutated after every fallible step, so a panic elsewhere (e.g. in a
         // quote closure) leaves it consistent.
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn remaining_in(&self, st: &State) -> Micros {
-        self.shared.budget.saturating_sub(st.totals.cost.saturating_add(st.reserved))
+        self.shared
+            .budget
+            .saturating_sub(st.totals.cost.saturating_add(st.reserved))
     }
 
     /// Reserves the amount `quote` returns for the remaining budget, atomically: `quote` runs
@@ -353,7 +184,10 @@ impl Ledger {
         let remaining = self.remaining_in(&st);
         let (amount, extra) = quote(remaining).map_err(ReserveError::Refused)?;
         if amount > remaining {
-            return Err(ReserveError::Budget(BudgetExceeded { remaining, needed: amount }));
+            return Err(ReserveError::Budget(BudgetExceeded {
+                remaining,
+                needed: amount,
+            }));
         }
         let id = st.next_id;
         if let Some(j) = st.journal.as_mut() {
@@ -387,13 +221,20 @@ impl Ledger {
     }
 
     /// Reserves a fixed `amount` if it fits.
-    pub fn reserve_amount(&self, meta: RequestMeta, amount: Micros) -> Result<Reservation, ReserveError<Infallible>> {
+    pub fn reserve_amount(
+        &self,
+        meta: RequestMeta,
+        amount: Micros,
+    ) -> Result<Reservation, ReserveError<Infallible>> {
         self.reserve(meta, |_| Ok((amount, ()))).map(|(r, ())| r)
     }
 
     fn settle_inner(&self, r: &Reservation, s: &Settlement) -> Settled {
         let mut st = self.lock();
-        let (prompt, completion) = (s.prompt_tokens.unwrap_or(0), s.completion_tokens.unwrap_or(0));
+        let (prompt, completion) = (
+            s.prompt_tokens.unwrap_or(0),
+            s.completion_tokens.unwrap_or(0),
+        );
         if let Some(j) = st.journal.as_mut() {
             let record = Record::Settle {
                 id: r.id,
@@ -432,12 +273,27 @@ impl Ledger {
         let line = self.line(&st, &r.meta, s, Some(latency));
         self.append_line(&st, &line);
         self.update_gauges(&st);
-        Settled { charged: s.cost, overcharge, total: st.totals.cost, remaining: self.remaining_in(&st) }
+        Settled {
+            charged: s.cost,
+            overcharge,
+            total: st.totals.cost,
+            remaining: self.remaining_in(&st),
+        }
     }
 
-    fn add_settlement(&self, st: &mut State, model: &str, cost: Micros, prompt: u64, completion: u64) {
+    fn add_settlement(
+        &self,
+        st: &mut State,
+        model: &str,
+        cost: Micros,
+        prompt: u64,
+        completion: u64,
+    ) {
         st.totals.add(cost, prompt, completion);
-        st.models.entry(model.to_owned()).or_default().add(cost, prompt, completion);
+        st.models
+            .entry(model.to_owned())
+            .or_default()
+            .add(cost, prompt, completion);
         st.dirty = true;
     }
 
@@ -458,7 +314,10 @@ impl Ledger {
         if let Some(m) = &self.shared.metrics {
             m.settled(&r.model, r.micros, SettlementSource::WorstCase, 0, 0);
         }
-        let meta = RequestMeta { endpoint: r.endpoint, model: r.model };
+        let meta = RequestMeta {
+            endpoint: r.endpoint,
+            model: r.model,
+        };
         let mut s = Settlement::new(r.micros, SettlementSource::WorstCase, 0);
         s.error = Some("open at restart: settled at its worst case".to_owned());
         let line = self.line(&st, &meta, &s, None);
@@ -479,7 +338,13 @@ impl Ledger {
         self.append_line(&st, &line);
     }
 
-    fn line(&self, st: &State, meta: &RequestMeta, s: &Settlement, latency: Option<Duration>) -> InferenceLine {
+    fn line(
+        &self,
+        st: &State,
+        meta: &RequestMeta,
+        s: &Settlement,
+        latency: Option<Duration>,
+    ) -> InferenceLine {
         InferenceLine {
             endpoint: meta.endpoint.clone(),
             model: meta.model.clone(),
@@ -539,87 +404,13 @@ impl Ledger {
     /// The usage snapshot (`proxy_usage.json`, `GET /api/v1/usage`).
     pub fn usage(&self) -> UsageSnapshot {
         let st = self.lock();
-        UsageSnapshot::new(&self.shared.run_id, self.shared.budget, st.reserved, &st.totals, &st.models)
-    }
-
-    /// fsyncs the journal and the per-request log and rewrites the usage file (atomically).
-    pub fn flush(&self) -> Result<(), LedgerError> {
-        let Some(dir) = &self.shared.dir else {
-            return Ok(());
-        };
-        let _one_at_a_time = self.shared.flush_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = {
-            let mut st = self.lock();
-            st.dirty = false;
-            UsageSnapshot::new(&self.shared.run_id, self.shared.budget, st.reserved, &st.totals, &st.models)
-        };
-        let result = self.write_out(dir, &snapshot);
-        if result.is_err() {
-            self.lock().dirty = true;
-            self.count_write_error();
-        }
-        result
-    }
-
-    fn write_out(&self, dir: &std::path::Path, snapshot: &UsageSnapshot) -> Result<(), LedgerError> {
-        let io_err = |path: PathBuf| move |source| LedgerError::Io { path, source };
-        if let Some((journal, inferences)) = &self.shared.sync {
-            journal.sync_data().map_err(io_err(dir.join(JOURNAL_FILE)))?;
-            inferences.sync_data().map_err(io_err(dir.join(report::INFERENCES_FILE)))?;
-        }
-        snapshot.write_atomic(dir).map_err(io_err(dir.join(report::USAGE_FILE)))
-    }
-
-    /// Flushes if anything changed since the last flush.
-    pub fn flush_if_dirty(&self) -> Result<(), LedgerError> {
-        if self.lock().dirty { self.flush() } else { Ok(()) }
-    }
-
-    /// Starts a thread that flushes every `every` while anything changed; stop it at shutdown.
-    pub fn spawn_flusher(&self, every: Duration) -> io::Result<Flusher> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let (ledger, signal) = (self.clone(), Arc::clone(&stop));
-        let handle = std::thread::Builder::new().name("ledger-flush".into()).spawn(move || {
-            let (lock, cvar) = &*signal;
-            let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            while !*stopped {
-                stopped = cvar.wait_timeout(stopped, every).unwrap_or_else(PoisonError::into_inner).0;
-                if let Err(e) = ledger.flush_if_dirty() {
-                    tracing::warn!(error = %e, "ledger flush failed");
-                }
-            }
-        })?;
-        Ok(Flusher { stop, handle: Some(handle), ledger: self.clone() })
-    }
-}
-
-/// The background flusher; [`Flusher::stop`] it at shutdown (a final fsync and usage write).
-pub struct Flusher {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    handle: Option<JoinHandle<()>>,
-    ledger: Ledger,
-}
-
-impl Flusher {
-    fn halt(&mut self) {
-        let (lock, cvar) = &*self.stop;
-        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        cvar.notify_all();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-
-    /// Stops the thread and flushes one last time.
-    pub fn stop(mut self) -> Result<(), LedgerError> {
-        self.halt();
-        self.ledger.flush()
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.halt();
+        UsageSnapshot::new(
+            &self.shared.run_id,
+            self.shared.budget,
+            st.reserved,
+            &st.totals,
+            &st.models,
+        )
     }
 }
 
@@ -667,6 +458,16 @@ impl Reservation {
     #[cfg(test)]
     pub(crate) fn abandon(mut self) {
         self.armed = false;
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("id", &self.id)
+            .field("amount", &self.amount)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
     }
 }
 

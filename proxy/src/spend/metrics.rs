@@ -96,7 +96,9 @@ impl SpendMetrics {
             Box::new(self.overcharges.clone()),
             Box::new(self.ledger_write_errors.clone()),
         ];
-        collectors.into_iter().try_for_each(|c| registry.register(c))
+        collectors
+            .into_iter()
+            .try_for_each(|c| registry.register(c))
     }
 
     /// The label for `model`: itself when the policy names it, else `other`.
@@ -112,17 +114,32 @@ impl SpendMetrics {
     }
 
     /// Counts one settlement.
-    pub(crate) fn settled(&self, model: &str, cost: Micros, source: SettlementSource, prompt: u64, completion: u64) {
+    pub(crate) fn settled(
+        &self,
+        model: &str,
+        cost: Micros,
+        source: SettlementSource,
+        prompt: u64,
+        completion: u64,
+    ) {
         let label = self.model_label(model);
-        self.spend_usd.with_label_values(&[label]).inc_by(cost.as_usd_f64());
-        self.tokens.with_label_values(&[label, "prompt"]).inc_by(prompt);
-        self.tokens.with_label_values(&[label, "completion"]).inc_by(completion);
+        self.spend_usd
+            .with_label_values(&[label])
+            .inc_by(cost.as_usd_f64());
+        self.tokens
+            .with_label_values(&[label, "prompt"])
+            .inc_by(prompt);
+        self.tokens
+            .with_label_values(&[label, "completion"])
+            .inc_by(completion);
         self.settlements.with_label_values(&[source.as_str()]).inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use prometheus::Encoder;
 
@@ -132,16 +149,35 @@ mod tests {
         let m = SpendMetrics::new(named);
         let registry = Registry::new();
         m.register(&registry).unwrap();
-        m.settled("openai/gpt-4o", Micros(1_500_000), SettlementSource::Usage, 10, 20);
-        m.settled("agent/invented-model-123", Micros(1), SettlementSource::WorstCase, 1, 0);
+        m.settled(
+            "openai/gpt-4o",
+            Micros(1_500_000),
+            SettlementSource::Usage,
+            10,
+            20,
+        );
+        m.settled(
+            "agent/invented-model-123",
+            Micros(1),
+            SettlementSource::WorstCase,
+            1,
+            0,
+        );
         m.set_budget(Micros(5_000_000), Micros(3_000_000), Micros(500_000));
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&registry.gather(), &mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains("tollgate_llm_spend_usd_total{model=\"openai/gpt-4o\"} 1.5"), "{text}");
-        assert!(text.contains("tollgate_llm_tokens_total{kind=\"completion\",model=\"openai/gpt-4o\"} 20"));
+        assert!(
+            text.contains("tollgate_llm_spend_usd_total{model=\"openai/gpt-4o\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tollgate_llm_tokens_total{kind=\"completion\",model=\"openai/gpt-4o\"} 20"
+            )
+        );
         assert!(text.contains("tollgate_llm_spend_usd_total{model=\"other\"}"));
         assert!(!text.contains("invented"));
         assert!(text.contains("tollgate_budget_usd 5"));

@@ -80,7 +80,10 @@ impl Micros {
     /// serde_json hands floats over as f64; its shortest round-trip rendering is the literal the
     /// provider wrote whenever that literal has at most 15 significant digits, and that decimal
     /// text is what gets parsed, so no binary-float error reaches the amount.
-    pub fn from_json_number(n: &serde_json::Number, rounding: Rounding) -> Result<Self, MoneyError> {
+    pub fn from_json_number(
+        n: &serde_json::Number,
+        rounding: Rounding,
+    ) -> Result<Self, MoneyError> {
         Self::parse_usd_rounded(&n.to_string(), rounding)
     }
 
@@ -116,7 +119,12 @@ impl Micros {
 impl fmt::Display for Micros {
     /// Six decimals of USD, e.g. `0.000123`, `12.500000`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}", self.0 / MICROS_PER_USD, self.0 % MICROS_PER_USD)
+        write!(
+            f,
+            "{}.{:06}",
+            self.0 / MICROS_PER_USD,
+            self.0 % MICROS_PER_USD
+        )
     }
 }
 
@@ -181,17 +189,27 @@ pub(crate) fn scale_decimal(s: &str, scale: u32, rounding: Rounding) -> Result<u
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let digits_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if (int_part.is_empty() && frac_part.is_empty()) || !digits_ok(int_part) || !digits_ok(frac_part)
+    if (int_part.is_empty() && frac_part.is_empty())
+        || !digits_ok(int_part)
+        || !digits_ok(frac_part)
     {
         return Err(invalid());
     }
-    let digits: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b - b'0').collect();
+    let digits: Vec<u8> = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
     // The result keeps the first `keep` digits; the rest decide the rounding.
     let keep = int_part.len() as i64 + exp10 + i64::from(scale);
     let too_large = || MoneyError::TooLarge(clip(s));
     let mut value: u128 = 0;
     for i in 0..keep.max(0) {
-        let d = usize::try_from(i).ok().and_then(|i| digits.get(i)).copied().unwrap_or(0);
+        let d = usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+            .unwrap_or(0);
         if value == 0 && d == 0 {
             continue; // leading zeros (or a long run of zeros padding a zero value)
         }
@@ -210,13 +228,18 @@ pub(crate) fn scale_decimal(s: &str, scale: u32, rounding: Rounding) -> Result<u
         Rounding::Nearest => keep >= 0 && rest.first().is_some_and(|d| *d >= 5),
     };
     if round_up {
-        value = value.checked_add(1).filter(|v| *v <= u128::from(u64::MAX)).ok_or_else(too_large)?;
+        value = value
+            .checked_add(1)
+            .filter(|v| *v <= u128::from(u64::MAX))
+            .ok_or_else(too_large)?;
     }
     u64::try_from(value).map_err(|_| too_large())
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -231,20 +254,46 @@ mod tests {
         assert_eq!(Micros::parse_usd("1.2500000000"), Ok(Micros(1_250_000)));
         assert_eq!(Micros::parse_usd("1e-6"), Ok(Micros(1)));
         assert_eq!(Micros::parse_usd("2.5E+1"), Ok(Micros(25_000_000)));
-        assert_eq!(Micros::parse_usd("000000000000000000000000000001"), Ok(Micros(1_000_000)));
+        assert_eq!(
+            Micros::parse_usd("000000000000000000000000000001"),
+            Ok(Micros(1_000_000))
+        );
     }
 
     #[test]
     fn refuses_bad_usd() {
-        for bad in ["", ".", "abc", "1.2.3", "1e", "e5", " 1", "1 ", "NaN", "inf", "0x10", "1e99999"] {
-            assert!(matches!(Micros::parse_usd(bad), Err(MoneyError::Invalid(_))), "{bad:?}");
+        for bad in [
+            "", ".", "abc", "1.2.3", "1e", "e5", " 1", "1 ", "NaN", "inf", "0x10", "1e99999",
+        ] {
+            assert!(
+                matches!(Micros::parse_usd(bad), Err(MoneyError::Invalid(_))),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(Micros::parse_usd("-1"), Err(MoneyError::Negative(_))));
-        assert!(matches!(Micros::parse_usd("-0"), Err(MoneyError::Negative(_))));
-        assert!(matches!(Micros::parse_usd("0.0000001"), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!(Micros::parse_usd("1e300"), Err(MoneyError::TooLarge(_))));
-        assert!(matches!(Micros::parse_usd("18446744073709.551616"), Err(MoneyError::TooLarge(_))));
-        assert_eq!(Micros::parse_usd("18446744073709.551615"), Ok(Micros(u64::MAX)));
+        assert!(matches!(
+            Micros::parse_usd("-1"),
+            Err(MoneyError::Negative(_))
+        ));
+        assert!(matches!(
+            Micros::parse_usd("-0"),
+            Err(MoneyError::Negative(_))
+        ));
+        assert!(matches!(
+            Micros::parse_usd("0.0000001"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Micros::parse_usd("1e300"),
+            Err(MoneyError::TooLarge(_))
+        ));
+        assert!(matches!(
+            Micros::parse_usd("18446744073709.551616"),
+            Err(MoneyError::TooLarge(_))
+        ));
+        assert_eq!(
+            Micros::parse_usd("18446744073709.551615"),
+            Ok(Micros(u64::MAX))
+        );
     }
 
     #[test]
@@ -266,12 +315,27 @@ mod tests {
     #[test]
     fn json_numbers_are_read_from_their_decimal_text() {
         let n = |s: &str| serde_json::from_str::<serde_json::Number>(s).unwrap();
-        assert_eq!(Micros::from_json_number(&n("0.000123"), Rounding::Nearest), Ok(Micros(123)));
-        assert_eq!(Micros::from_json_number(&n("0.0001234"), Rounding::Nearest), Ok(Micros(123)));
-        assert_eq!(Micros::from_json_number(&n("1.5e-5"), Rounding::Nearest), Ok(Micros(15)));
-        assert_eq!(Micros::from_json_number(&n("3"), Rounding::Nearest), Ok(Micros(3_000_000)));
+        assert_eq!(
+            Micros::from_json_number(&n("0.000123"), Rounding::Nearest),
+            Ok(Micros(123))
+        );
+        assert_eq!(
+            Micros::from_json_number(&n("0.0001234"), Rounding::Nearest),
+            Ok(Micros(123))
+        );
+        assert_eq!(
+            Micros::from_json_number(&n("1.5e-5"), Rounding::Nearest),
+            Ok(Micros(15))
+        );
+        assert_eq!(
+            Micros::from_json_number(&n("3"), Rounding::Nearest),
+            Ok(Micros(3_000_000))
+        );
         // 0.1 + 0.2 style literals survive: the shortest rendering of the f64 is the literal.
-        assert_eq!(Micros::from_json_number(&n("0.3"), Rounding::Nearest), Ok(Micros(300_000)));
+        assert_eq!(
+            Micros::from_json_number(&n("0.3"), Rounding::Nearest),
+            Ok(Micros(300_000))
+        );
         assert!(Micros::from_json_number(&n("-0.1"), Rounding::Nearest).is_err());
     }
 
@@ -288,7 +352,10 @@ mod tests {
     fn prices_keep_sub_micro_digits_and_round_up_past_pico() {
         assert_eq!(UnitPrice::parse_usd("0.00000015"), Ok(UnitPrice(150_000)));
         assert_eq!(UnitPrice::parse_usd("0.0000025"), Ok(UnitPrice(2_500_000)));
-        assert_eq!(UnitPrice::parse_usd("0.003613"), Ok(UnitPrice(3_613_000_000)));
+        assert_eq!(
+            UnitPrice::parse_usd("0.003613"),
+            Ok(UnitPrice(3_613_000_000))
+        );
         assert_eq!(UnitPrice::parse_usd("0.0000000000001"), Ok(UnitPrice(1)));
         assert!(UnitPrice::parse_usd("-0.1").is_err());
     }
@@ -301,6 +368,9 @@ mod tests {
         assert_eq!(Micros::from_picos_ceil(1_000_001), Micros(2));
         assert_eq!(Micros::from_picos_ceil(u128::MAX), Micros::MAX);
         // 1000 tokens at 0.15 µUSD = 150 µUSD exactly.
-        assert_eq!(Micros::from_picos_ceil(UnitPrice(150_000).cost_picos(1000)), Micros(150));
+        assert_eq!(
+            Micros::from_picos_ceil(UnitPrice(150_000).cost_picos(1000)),
+            Micros(150)
+        );
     }
 }

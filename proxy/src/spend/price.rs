@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::money::{MoneyError, UnitPrice};
+use super::money::UnitPrice;
 
 /// What one model costs, in pico-USD per unit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,7 +33,8 @@ impl ModelPrice {
     /// The price bound for one output token: a completion or a reasoning token, whichever costs
     /// more (reasoning tokens are output tokens and count against `max_tokens`).
     pub fn output_bound(&self) -> UnitPrice {
-        self.completion.max(self.reasoning.unwrap_or(UnitPrice::ZERO))
+        self.completion
+            .max(self.reasoning.unwrap_or(UnitPrice::ZERO))
     }
 
     /// Component-wise maximum of two prices for the same model.
@@ -48,40 +49,6 @@ impl ModelPrice {
                 (a, b) => a.or(b),
             },
         }
-    }
-}
-
-/// A price as written in the policy: USD-per-unit decimal strings.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RawPrice {
-    /// USD per prompt token.
-    pub prompt: String,
-    /// USD per completion token.
-    pub completion: String,
-    /// USD per request (default 0).
-    #[serde(default)]
-    pub request: Option<String>,
-    /// USD per input image (default 0).
-    #[serde(default)]
-    pub image: Option<String>,
-    /// USD per reasoning token (default: the completion price).
-    #[serde(default)]
-    pub reasoning: Option<String>,
-}
-
-impl RawPrice {
-    /// Parses every component; the error names the component.
-    pub fn compile(&self) -> Result<ModelPrice, (&'static str, MoneyError)> {
-        let p = |key: &'static str, s: &str| UnitPrice::parse_usd(s).map_err(|e| (key, e));
-        let opt = |key: &'static str, s: &Option<String>| s.as_deref().map(|s| p(key, s)).transpose();
-        Ok(ModelPrice {
-            prompt: p("prompt", &self.prompt)?,
-            completion: p("completion", &self.completion)?,
-            request: opt("request", &self.request)?.unwrap_or_default(),
-            image: opt("image", &self.image)?.unwrap_or_default(),
-            reasoning: opt("reasoning", &self.reasoning)?,
-        })
     }
 }
 
@@ -154,8 +121,14 @@ impl PriceError {
     /// the agent may retry).
     pub fn http_status(&self) -> u16 {
         match self {
-            PriceError::Unknown { upstream_loaded: true, .. } => 403,
-            PriceError::Unknown { upstream_loaded: false, .. } => 503,
+            PriceError::Unknown {
+                upstream_loaded: true,
+                ..
+            } => 403,
+            PriceError::Unknown {
+                upstream_loaded: false,
+                ..
+            } => 503,
         }
     }
 }
@@ -185,12 +158,19 @@ pub struct PriceTable {
 impl PriceTable {
     /// A table of the policy's prices, with an optional fallback for unpriced models.
     pub fn new(policy: HashMap<String, ModelEntry>, fallback: Option<ModelPrice>) -> Self {
-        Self { policy: lowercase_keys(policy), upstream: None, fallback }
+        Self {
+            policy: lowercase_keys(policy),
+            upstream: None,
+            fallback,
+        }
     }
 
     /// A copy of this table with the upstream's prices replaced by `upstream`.
     pub fn with_upstream(&self, upstream: UpstreamPrices) -> Self {
-        Self { upstream: Some(lowercase_keys(upstream.models)), ..self.clone() }
+        Self {
+            upstream: Some(lowercase_keys(upstream.models)),
+            ..self.clone()
+        }
     }
 
     /// Whether an upstream model list has been loaded.
@@ -205,13 +185,22 @@ impl PriceTable {
         let upstream = self.upstream.as_ref().and_then(|u| u.get(&key));
         match (self.policy.get(&key), upstream) {
             (Some(p), Some(u)) => Ok((
-                ModelEntry { price: p.price.max(u.price), limits: p.limits.max(u.limits) },
+                ModelEntry {
+                    price: p.price.max(u.price),
+                    limits: p.limits.max(u.limits),
+                },
                 PriceSource::Both,
             )),
             (Some(p), None) => Ok((*p, PriceSource::Policy)),
             (None, Some(u)) => Ok((*u, PriceSource::Upstream)),
             (None, None) => match self.fallback {
-                Some(price) => Ok((ModelEntry { price, limits: ModelLimits::default() }, PriceSource::Fallback)),
+                Some(price) => Ok((
+                    ModelEntry {
+                        price,
+                        limits: ModelLimits::default(),
+                    },
+                    PriceSource::Fallback,
+                )),
                 None => Err(PriceError::Unknown {
                     model: model.to_owned(),
                     upstream_loaded: self.upstream_loaded(),
@@ -223,7 +212,9 @@ impl PriceTable {
 
 /// Model ids are compared ignoring ASCII case (as the policy does).
 fn lowercase_keys(map: HashMap<String, ModelEntry>) -> HashMap<String, ModelEntry> {
-    map.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+    map.into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -269,7 +260,8 @@ pub fn parse_models(body: &[u8]) -> Result<UpstreamPrices, ModelsListError> {
     for entry in raw.data {
         let Ok(model) = RawModel::deserialize(&entry) else {
             let id = entry.get("id").and_then(Value::as_str).unwrap_or("?");
-            out.skipped.push((id.to_owned(), "malformed entry".to_owned()));
+            out.skipped
+                .push((id.to_owned(), "malformed entry".to_owned()));
             continue;
         };
         match model_entry(&model) {
@@ -285,7 +277,8 @@ pub fn parse_models(body: &[u8]) -> Result<UpstreamPrices, ModelsListError> {
 fn model_entry(model: &RawModel) -> Result<ModelEntry, String> {
     let pricing = model.pricing.as_ref().ok_or("no pricing")?;
     let prompt = price_field("prompt", pricing.prompt.as_ref())?.ok_or("no prompt price")?;
-    let completion = price_field("completion", pricing.completion.as_ref())?.ok_or("no completion price")?;
+    let completion =
+        price_field("completion", pricing.completion.as_ref())?.ok_or("no completion price")?;
     let cache_write = price_field("input_cache_write", pricing.input_cache_write.as_ref())?;
     let price = ModelPrice {
         prompt: prompt.max(cache_write.unwrap_or_default()),
@@ -317,7 +310,9 @@ fn price_field(key: &str, v: Option<&Value>) -> Result<Option<UnitPrice>, String
     if text == "-1" {
         return Err("variable pricing".to_owned());
     }
-    UnitPrice::parse_usd(&text).map(Some).map_err(|e| format!("{key} price: {e}"))
+    UnitPrice::parse_usd(&text)
+        .map(Some)
+        .map_err(|e| format!("{key} price: {e}"))
 }
 
 /// A positive token count, `None` when absent, null, zero or not an integer.
@@ -327,6 +322,8 @@ fn count(v: Option<&Value>) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const MODELS: &str = r#"{"data":[
@@ -358,13 +355,25 @@ mod tests {
         assert_eq!(gpt.limits.context_length, Some(128_000));
         assert_eq!(gpt.limits.max_completion_tokens, Some(16_384));
         // The cache-write price bounds the prompt price.
-        assert_eq!(up.models["anthropic/claude-sonnet-4"].price.prompt, UnitPrice(3_750_000));
-        assert_eq!(up.models["numeric/prices"].price.completion, UnitPrice(2_000_000));
-        assert_eq!(up.models["o/reasoner"].price.output_bound(), UnitPrice(4_000_000));
+        assert_eq!(
+            up.models["anthropic/claude-sonnet-4"].price.prompt,
+            UnitPrice(3_750_000)
+        );
+        assert_eq!(
+            up.models["numeric/prices"].price.completion,
+            UnitPrice(2_000_000)
+        );
+        assert_eq!(
+            up.models["o/reasoner"].price.output_bound(),
+            UnitPrice(4_000_000)
+        );
         assert_eq!(up.models.len(), 4);
         let skipped: HashMap<_, _> = up.skipped.iter().cloned().collect();
         assert_eq!(skipped["openrouter/auto"], "variable pricing");
-        assert!(skipped["bad/negative"].contains("non-negative"), "{skipped:?}");
+        assert!(
+            skipped["bad/negative"].contains("non-negative"),
+            "{skipped:?}"
+        );
         assert!(skipped["bad/text"].contains("decimal"));
         assert_eq!(skipped["bad/no-pricing"], "no pricing");
         assert_eq!(skipped["bad/half"], "no completion price");
@@ -380,8 +389,15 @@ mod tests {
 
     fn policy_price(prompt: u64) -> ModelEntry {
         ModelEntry {
-            price: ModelPrice { prompt: UnitPrice(prompt), completion: UnitPrice(1), ..Default::default() },
-            limits: ModelLimits { context_length: Some(1000), max_completion_tokens: None },
+            price: ModelPrice {
+                prompt: UnitPrice(prompt),
+                completion: UnitPrice(1),
+                ..Default::default()
+            },
+            limits: ModelLimits {
+                context_length: Some(1000),
+                max_completion_tokens: None,
+            },
         }
     }
 
@@ -394,7 +410,10 @@ mod tests {
         let table = PriceTable::new(policy, None);
         assert_eq!(
             table.lookup("nobody/knows"),
-            Err(PriceError::Unknown { model: "nobody/knows".into(), upstream_loaded: false })
+            Err(PriceError::Unknown {
+                model: "nobody/knows".into(),
+                upstream_loaded: false
+            })
         );
         assert_eq!(table.lookup("nobody/knows").unwrap_err().http_status(), 503);
         let table = table.with_upstream(parse_models(MODELS.as_bytes()).unwrap());
@@ -408,32 +427,23 @@ mod tests {
         assert_eq!(table.lookup("OpenAI/GPT-4o").unwrap().1, PriceSource::Both);
         let err = table.lookup("openrouter/auto").unwrap_err();
         assert_eq!(err.http_status(), 403);
-        assert_eq!(err.to_string(), "no price known for model \"openrouter/auto\"");
+        assert_eq!(
+            err.to_string(),
+            "no price known for model \"openrouter/auto\""
+        );
         // Variants need their own price.
         assert!(table.lookup("openai/gpt-4o:online").is_err());
     }
 
     #[test]
     fn fallback_prices_unknown_models() {
-        let fallback = ModelPrice { prompt: UnitPrice(7), completion: UnitPrice(8), ..Default::default() };
+        let fallback = ModelPrice {
+            prompt: UnitPrice(7),
+            completion: UnitPrice(8),
+            ..Default::default()
+        };
         let table = PriceTable::new(HashMap::new(), Some(fallback));
         let (e, src) = table.lookup("any/model").unwrap();
         assert_eq!((e.price, src), (fallback, PriceSource::Fallback));
-    }
-
-    #[test]
-    fn raw_policy_prices_compile() {
-        let raw: RawPrice = toml_like(r#"{"prompt":"0.00000015","completion":"0.0000006","image":"0.001"}"#);
-        let p = raw.compile().unwrap();
-        assert_eq!(p.prompt, UnitPrice(150_000));
-        assert_eq!(p.image, UnitPrice(1_000_000_000));
-        assert_eq!(p.reasoning, None);
-        let bad: RawPrice = toml_like(r#"{"prompt":"x","completion":"1"}"#);
-        assert_eq!(bad.compile().unwrap_err().0, "prompt");
-        assert!(serde_json::from_str::<RawPrice>(r#"{"prompt":"1","completion":"1","x":1}"#).is_err());
-    }
-
-    fn toml_like(s: &str) -> RawPrice {
-        serde_json::from_str(s).unwrap()
     }
 }

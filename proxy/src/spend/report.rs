@@ -83,7 +83,9 @@ impl UsageSnapshot {
             evaluation_run_id: run.to_owned(),
             total_cost_usd: totals.cost.as_usd_f64(),
             max_cost_usd: budget.as_usd_f64(),
-            budget_remaining_usd: budget.saturating_sub(totals.cost.saturating_add(reserved)).as_usd_f64(),
+            budget_remaining_usd: budget
+                .saturating_sub(totals.cost.saturating_add(reserved))
+                .as_usd_f64(),
             requests: totals.requests,
             prompt_tokens: totals.prompt_tokens,
             completion_tokens: totals.completion_tokens,
@@ -147,7 +149,11 @@ pub fn timestamp(t: SystemTime) -> String {
 /// Opens `<dir>/proxy_inferences.jsonl` for appending; if a previous process left a partial
 /// last line, a newline is added first so the next record starts on its own line.
 pub fn open_inferences(dir: &Path) -> io::Result<File> {
-    let mut f = OpenOptions::new().read(true).append(true).create(true).open(dir.join(INFERENCES_FILE))?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(dir.join(INFERENCES_FILE))?;
     let len = f.metadata()?.len();
     if len > 0 {
         let mut last = [0u8; 1];
@@ -174,18 +180,32 @@ pub fn append_line(f: &File, line: &InferenceLine) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
     fn usage_snapshot_has_exactly_the_reference_fields() {
-        let totals = ModelTotals { requests: 2, cost: Micros(1_500), prompt_tokens: 10, completion_tokens: 20 };
+        let totals = ModelTotals {
+            requests: 2,
+            cost: Micros(1_500),
+            prompt_tokens: 10,
+            completion_tokens: 20,
+        };
         let models = BTreeMap::from([("openai/gpt-4o".to_owned(), totals)]);
         let s = UsageSnapshot::new("run-1", Micros(10_000), Micros(500), &totals, &models);
         let v = serde_json::to_value(&s).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = vec![
-            "evaluation_run_id", "total_cost_usd", "max_cost_usd", "budget_remaining_usd", "requests",
-            "prompt_tokens", "completion_tokens", "models", "reserved_usd",
+            "evaluation_run_id",
+            "total_cost_usd",
+            "max_cost_usd",
+            "budget_remaining_usd",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "models",
+            "reserved_usd",
         ];
         expected.sort();
         let mut keys = keys;
@@ -204,10 +224,17 @@ mod tests {
     #[test]
     fn usage_file_is_replaced_atomically() {
         let dir = tempfile::tempdir().unwrap();
-        let s = UsageSnapshot::new("r", Micros(1), Micros(0), &ModelTotals::default(), &BTreeMap::new());
+        let s = UsageSnapshot::new(
+            "r",
+            Micros(1),
+            Micros(0),
+            &ModelTotals::default(),
+            &BTreeMap::new(),
+        );
         s.write_atomic(dir.path()).unwrap();
         s.write_atomic(dir.path()).unwrap();
-        let back: UsageSnapshot = serde_json::from_slice(&fs::read(dir.path().join(USAGE_FILE)).unwrap()).unwrap();
+        let back: UsageSnapshot =
+            serde_json::from_slice(&fs::read(dir.path().join(USAGE_FILE)).unwrap()).unwrap();
         assert_eq!(back, s);
         assert!(!dir.path().join(format!("{USAGE_FILE}.tmp")).exists());
     }

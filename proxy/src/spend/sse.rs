@@ -57,7 +57,14 @@ impl SseParser {
 
     /// A parser whose pending line plus event data may not exceed `limit` bytes.
     pub fn with_limit(limit: usize) -> Self {
-        Self { line: Vec::new(), data: Vec::new(), has_data: false, skip_lf: false, limit, summary: StreamSummary::default() }
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            skip_lf: false,
+            limit,
+            summary: StreamSummary::default(),
+        }
     }
 
     /// What the stream told so far.
@@ -137,7 +144,10 @@ impl SseParser {
             return;
         }
         let (field, value) = match line.iter().position(|b| *b == b':') {
-            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
+            Some(i) => (
+                &line[..i],
+                line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..]),
+            ),
             None => (line, &b""[..]),
         };
         // `event`, `id` and `retry` carry nothing the budget needs.
@@ -159,7 +169,10 @@ impl SseParser {
         let data = &self.data[..];
         if data == b"[DONE]" {
             self.summary.done = true;
-        } else if self.summary.response.has_identity() && !contains(data, b"usage") && !contains(data, b"error") {
+        } else if self.summary.response.has_identity()
+            && !contains(data, b"usage")
+            && !contains(data, b"error")
+        {
             // A content delta once id/model/provider are known: nothing to learn, skip the parse.
         } else {
             match parse_response(data) {

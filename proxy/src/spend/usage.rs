@@ -97,10 +97,19 @@ pub fn parse_response(body: &[u8]) -> Option<ResponseSummary> {
 
 fn usage(v: &Value) -> Option<Usage> {
     let obj = v.as_object()?;
-    let int = |keys: &[&str]| keys.iter().find_map(|k| obj.get(*k).and_then(Value::as_u64));
-    let nested = |outer: &str, inner: &str| obj.get(outer).and_then(|o| o.get(inner)).and_then(Value::as_u64);
+    let int = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| obj.get(*k).and_then(Value::as_u64))
+    };
+    let nested = |outer: &str, inner: &str| {
+        obj.get(outer)
+            .and_then(|o| o.get(inner))
+            .and_then(Value::as_u64)
+    };
     let byok = obj.get("is_byok").and_then(Value::as_bool).unwrap_or(false);
-    let upstream = obj.get("cost_details").and_then(|d| d.get("upstream_inference_cost"));
+    let upstream = obj
+        .get("cost_details")
+        .and_then(|d| d.get("upstream_inference_cost"));
     Some(Usage {
         prompt_tokens: int(&["prompt_tokens", "input_tokens"]),
         completion_tokens: int(&["completion_tokens", "output_tokens"]),
@@ -145,14 +154,19 @@ fn error(v: &Value) -> Option<UpstreamError> {
             }),
             message: text(obj.get("message")),
         }),
-        Value::String(s) => Some(UpstreamError { code: None, message: Some(s.clone()) }),
+        Value::String(s) => Some(UpstreamError {
+            code: None,
+            message: Some(s.clone()),
+        }),
         _ => None,
     }
 }
 
 /// A non-empty string field.
 fn text(v: Option<&Value>) -> Option<String> {
-    v.and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+    v.and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 /// The cost of one generation from `GET /api/v1/generation?id=...`.
@@ -177,11 +191,21 @@ pub struct GenerationCost {
 pub fn parse_generation(body: &[u8]) -> Option<GenerationCost> {
     let root: Value = serde_json::from_slice(body).ok()?;
     let data = root.get("data")?.as_object()?;
-    let byok = data.get("is_byok").and_then(Value::as_bool).unwrap_or(false);
-    let int = |keys: &[&str]| keys.iter().find_map(|k| data.get(*k).and_then(Value::as_u64));
+    let byok = data
+        .get("is_byok")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let int = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| data.get(*k).and_then(Value::as_u64))
+    };
     Some(GenerationCost {
         id: text(data.get("id")),
-        cost: total_cost(data.get("total_cost"), byok, data.get("upstream_inference_cost"))?,
+        cost: total_cost(
+            data.get("total_cost"),
+            byok,
+            data.get("upstream_inference_cost"),
+        )?,
         prompt_tokens: int(&["native_tokens_prompt", "tokens_prompt"]),
         completion_tokens: int(&["native_tokens_completion", "tokens_completion"]),
         model: text(data.get("model")),
@@ -191,6 +215,8 @@ pub fn parse_generation(body: &[u8]) -> Option<GenerationCost> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -212,11 +238,17 @@ mod tests {
 
     #[test]
     fn reads_embeddings_and_responses_usage() {
-        let s = parse_response(br#"{"data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8,"cost":2e-6}}"#);
+        let s = parse_response(
+            br#"{"data":[],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8,"cost":2e-6}}"#,
+        );
         assert_eq!(s.unwrap().cost(), Some(Micros(2)));
-        let s = parse_response(br#"{"usage":{"input_tokens":3,"output_tokens":4,"cost":"0.5"}}"#).unwrap();
+        let s = parse_response(br#"{"usage":{"input_tokens":3,"output_tokens":4,"cost":"0.5"}}"#)
+            .unwrap();
         let u = s.usage.unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens, u.cost), (Some(3), Some(4), Some(Micros(500_000))));
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cost),
+            (Some(3), Some(4), Some(Micros(500_000)))
+        );
     }
 
     #[test]
@@ -227,7 +259,9 @@ mod tests {
         assert_eq!(s.unwrap().cost(), Some(Micros(210)));
         let s = parse_response(br#"{"usage":{"cost":0.00001,"is_byok":true,"cost_details":{"upstream_inference_cost":"x"}}}"#);
         assert_eq!(s.unwrap().cost(), None);
-        let s = parse_response(br#"{"usage":{"cost":0.00001,"cost_details":{"upstream_inference_cost":0.0002}}}"#);
+        let s = parse_response(
+            br#"{"usage":{"cost":0.00001,"cost_details":{"upstream_inference_cost":0.0002}}}"#,
+        );
         assert_eq!(s.unwrap().cost(), Some(Micros(10)));
     }
 
@@ -237,7 +271,13 @@ mod tests {
             .unwrap();
         assert_eq!(s.id, None);
         assert_eq!(s.usage, None);
-        assert_eq!(s.error, Some(UpstreamError { code: Some("502".into()), message: Some("upstream down".into()) }));
+        assert_eq!(
+            s.error,
+            Some(UpstreamError {
+                code: Some("502".into()),
+                message: Some("upstream down".into())
+            })
+        );
         let s = parse_response(br#"{"usage":{"cost":-1,"prompt_tokens":-4}}"#).unwrap();
         assert_eq!(s.usage, Some(Usage::default()));
         assert!(parse_response(b"[1]").is_none());
@@ -247,7 +287,12 @@ mod tests {
     #[test]
     fn merge_keeps_first_identity_and_last_usage() {
         let mut a = parse_response(br#"{"id":"a","model":"m1","usage":{"cost":1}}"#).unwrap();
-        a.merge(parse_response(br#"{"id":"b","provider":"p","usage":{"cost":2},"error":{"message":"x"}}"#).unwrap());
+        a.merge(
+            parse_response(
+                br#"{"id":"b","provider":"p","usage":{"cost":2},"error":{"message":"x"}}"#,
+            )
+            .unwrap(),
+        );
         a.merge(parse_response(br#"{"error":{"message":"y"}}"#).unwrap());
         assert_eq!(a.id.as_deref(), Some("a"));
         assert_eq!(a.provider.as_deref(), Some("p"));

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // a test that unwraps bad data fails, which is the point
 use std::collections::HashMap;
 
 use proptest::prelude::*;
@@ -15,16 +16,30 @@ fn entry(prompt: u64, completion: u64, cap: Option<u64>) -> ModelEntry {
             completion: UnitPrice(completion),
             ..Default::default()
         },
-        limits: ModelLimits { context_length: None, max_completion_tokens: cap },
+        limits: ModelLimits {
+            context_length: None,
+            max_completion_tokens: cap,
+        },
     }
 }
 
 fn table(models: &[(&str, ModelEntry)]) -> PriceTable {
-    PriceTable::new(models.iter().map(|(k, v)| (k.to_string(), *v)).collect::<HashMap<_, _>>(), None)
+    PriceTable::new(
+        models
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect::<HashMap<_, _>>(),
+        None,
+    )
 }
 
 fn cfg() -> EstimateConfig {
-    EstimateConfig { overhead_tokens: 10, image_tokens: 100, media_tokens: 1000, ..Default::default() }
+    EstimateConfig {
+        overhead_tokens: 10,
+        image_tokens: 100,
+        media_tokens: 1000,
+        ..Default::default()
+    }
 }
 
 fn shape(models: &[&str], bytes: u64, requested: Option<u64>) -> RequestShape {
@@ -71,20 +86,49 @@ fn the_larger_of_two_output_caps_bounds_the_request() {
     let body = json!({"model": "m", "max_output_tokens": 7, "max_tokens": 99});
     let s = RequestShape::from_json(&body, 10, OutputField::MaxOutputTokens).unwrap();
     assert_eq!(s.requested_max_tokens, Some(7));
-    let s = RequestShape::from_json(&json!({"model": "m", "input": "x"}), 10, OutputField::None).unwrap();
+    let s = RequestShape::from_json(&json!({"model": "m", "input": "x"}), 10, OutputField::None)
+        .unwrap();
     assert_eq!(s.requested_max_tokens, None);
 }
 
 #[test]
 fn refuses_malformed_fields() {
     let bad = |body: Value| RequestShape::from_json(&body, 10, OutputField::MaxTokens).unwrap_err();
-    assert!(matches!(bad(json!({})), EstimateError::BadField { field: "model", .. }));
-    assert!(matches!(bad(json!({"model": 3})), EstimateError::BadField { field: "model", .. }));
-    assert!(matches!(bad(json!({"models": ["a", 1]})), EstimateError::BadField { field: "models", .. }));
-    assert!(matches!(bad(json!({"model": "a", "n": 0})), EstimateError::BadField { field: "n", .. }));
-    assert!(matches!(bad(json!({"model": "a", "max_tokens": -5})), EstimateError::BadField { field: "max_tokens", .. }));
-    assert!(matches!(bad(json!({"model": "a", "max_tokens": 1.5})), EstimateError::BadField { field: "max_tokens", .. }));
-    let ok = RequestShape::from_json(&json!({"models": ["a"]}), 10, OutputField::MaxTokens).unwrap();
+    assert!(matches!(
+        bad(json!({})),
+        EstimateError::BadField { field: "model", .. }
+    ));
+    assert!(matches!(
+        bad(json!({"model": 3})),
+        EstimateError::BadField { field: "model", .. }
+    ));
+    assert!(matches!(
+        bad(json!({"models": ["a", 1]})),
+        EstimateError::BadField {
+            field: "models",
+            ..
+        }
+    ));
+    assert!(matches!(
+        bad(json!({"model": "a", "n": 0})),
+        EstimateError::BadField { field: "n", .. }
+    ));
+    assert!(matches!(
+        bad(json!({"model": "a", "max_tokens": -5})),
+        EstimateError::BadField {
+            field: "max_tokens",
+            ..
+        }
+    ));
+    assert!(matches!(
+        bad(json!({"model": "a", "max_tokens": 1.5})),
+        EstimateError::BadField {
+            field: "max_tokens",
+            ..
+        }
+    ));
+    let ok =
+        RequestShape::from_json(&json!({"models": ["a"]}), 10, OutputField::MaxTokens).unwrap();
     assert_eq!(ok.models, vec!["a"]);
 }
 
@@ -101,9 +145,18 @@ fn clamps_max_tokens_to_the_budget() {
     let q = quote(&s, &prices, &cfg(), Micros(1001)).unwrap();
     assert_eq!((q.max_tokens, q.worst_case), (Some(445), Micros(1000)));
     // 16 tokens need 142 µUSD.
-    assert_eq!(quote(&s, &prices, &cfg(), Micros(142)).unwrap().max_tokens, Some(16));
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros(142)).unwrap().max_tokens,
+        Some(16)
+    );
     let err = quote(&s, &prices, &cfg(), Micros(141)).unwrap_err();
-    assert_eq!(err, EstimateError::Budget(BudgetExceeded { remaining: Micros(141), needed: Micros(142) }));
+    assert_eq!(
+        err,
+        EstimateError::Budget(BudgetExceeded {
+            remaining: Micros(141),
+            needed: Micros(142)
+        })
+    );
 }
 
 #[test]
@@ -115,7 +168,13 @@ fn keeps_a_smaller_requested_max_tokens() {
     let q = quote(&shape(&["a"], 100, Some(5)), &prices, &cfg(), Micros(120)).unwrap();
     assert_eq!(q.max_tokens, Some(5));
     // A larger request is clamped, not refused.
-    let q = quote(&shape(&["a"], 100, Some(1_000_000)), &prices, &cfg(), Micros(310)).unwrap();
+    let q = quote(
+        &shape(&["a"], 100, Some(1_000_000)),
+        &prices,
+        &cfg(),
+        Micros(310),
+    )
+    .unwrap();
     assert_eq!(q.max_tokens, Some(100));
 }
 
@@ -126,7 +185,13 @@ fn injects_the_smallest_stated_cap_or_the_default() {
         ("b", entry(0, 0, Some(300))),
         ("c", entry(0, 0, None)),
     ]);
-    let q = quote(&shape(&["a", "b", "c"], 1, None), &prices, &cfg(), Micros(0)).unwrap();
+    let q = quote(
+        &shape(&["a", "b", "c"], 1, None),
+        &prices,
+        &cfg(),
+        Micros(0),
+    )
+    .unwrap();
     assert_eq!((q.max_tokens, q.worst_case), (Some(300), Micros(0)));
     let q = quote(&shape(&["c"], 1, None), &prices, &cfg(), Micros(0)).unwrap();
     assert_eq!(q.max_tokens, Some(32_768));
@@ -142,12 +207,27 @@ fn the_worst_case_is_the_maximum_over_every_model() {
     let s = shape(&["cheap", "dear-prompt", "dear-output"], 90, Some(100));
     let q = quote(&s, &prices, &cfg(), Micros::MAX).unwrap();
     // dear-prompt: 100 × 10 + 100 × 1 = 1100; dear-output: 100 + 500 = 600.
-    assert_eq!((q.worst_case, q.model.as_str()), (Micros(1100), "dear-prompt"));
+    assert_eq!(
+        (q.worst_case, q.model.as_str()),
+        (Micros(1100), "dear-prompt")
+    );
     let s = shape(&["cheap", "dear-prompt", "dear-output"], 90, Some(1000));
     let q = quote(&s, &prices, &cfg(), Micros::MAX).unwrap();
-    assert_eq!((q.worst_case, q.model.as_str()), (Micros(5100), "dear-output"));
-    let err = quote(&shape(&["cheap", "unpriced"], 1, None), &prices, &cfg(), Micros::MAX).unwrap_err();
-    assert!(matches!(err, EstimateError::Price(PriceError::Unknown { .. })));
+    assert_eq!(
+        (q.worst_case, q.model.as_str()),
+        (Micros(5100), "dear-output")
+    );
+    let err = quote(
+        &shape(&["cheap", "unpriced"], 1, None),
+        &prices,
+        &cfg(),
+        Micros::MAX,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        EstimateError::Price(PriceError::Unknown { .. })
+    ));
 }
 
 #[test]
@@ -162,9 +242,15 @@ fn images_media_choices_and_reasoning_raise_the_bound() {
     s.media = 1;
     // request 7 + images 2 × 1000 + prompt (90 + 10 + 2 × 100 + 1000) × 1 + output 10 × 3.
     let one = 7 + 2000 + 1300 + 30;
-    assert_eq!(quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case, Micros(one));
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
+        Micros(one)
+    );
     s.choices = 3;
-    assert_eq!(quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case, Micros(3 * one));
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
+        Micros(3 * one)
+    );
 }
 
 #[test]
@@ -173,7 +259,10 @@ fn sub_micro_prices_round_the_worst_case_up() {
     let prices = table(&[("a", entry(150_000, 0, None))]);
     let mut s = shape(&["a"], 1, None);
     s.output = OutputField::None;
-    assert_eq!(quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case, Micros(2));
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
+        Micros(2)
+    );
 }
 
 #[test]
@@ -183,7 +272,10 @@ fn the_context_length_caps_the_prompt_bound() {
     let prices = table(&[("a", e)]);
     let mut s = shape(&["a"], 5_000_000, None);
     s.output = OutputField::None;
-    assert_eq!(quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case, Micros(1000));
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
+        Micros(1000)
+    );
 }
 
 #[test]
@@ -194,15 +286,28 @@ fn embeddings_are_refused_when_their_bound_does_not_fit() {
     let q = quote(&s, &prices, &cfg(), Micros(100)).unwrap();
     assert_eq!((q.worst_case, q.max_tokens), (Micros(100), None));
     let err = quote(&s, &prices, &cfg(), Micros(99)).unwrap_err();
-    assert_eq!(err, EstimateError::Budget(BudgetExceeded { remaining: Micros(99), needed: Micros(100) }));
+    assert_eq!(
+        err,
+        EstimateError::Budget(BudgetExceeded {
+            remaining: Micros(99),
+            needed: Micros(100)
+        })
+    );
 }
 
 #[test]
 fn apply_writes_the_cap_into_the_body() {
-    let q = Quote { worst_case: Micros(1), max_tokens: Some(42), model: "m".into() };
+    let q = Quote {
+        worst_case: Micros(1),
+        max_tokens: Some(42),
+        model: "m".into(),
+    };
     let mut body = json!({"model": "m", "max_completion_tokens": 1000});
     apply(&q, OutputField::MaxTokens, &mut body);
-    assert_eq!(body, json!({"model": "m", "max_tokens": 42, "max_completion_tokens": 42}));
+    assert_eq!(
+        body,
+        json!({"model": "m", "max_tokens": 42, "max_completion_tokens": 42})
+    );
     let mut body = json!({"model": "m"});
     apply(&q, OutputField::MaxOutputTokens, &mut body);
     assert_eq!(body, json!({"model": "m", "max_output_tokens": 42}));
@@ -213,15 +318,26 @@ fn apply_writes_the_cap_into_the_body() {
 
 #[test]
 fn output_fields_by_path() {
-    assert_eq!(OutputField::for_path("/api/v1/chat/completions"), OutputField::MaxTokens);
-    assert_eq!(OutputField::for_path("/api/v1/embeddings"), OutputField::None);
-    assert_eq!(OutputField::for_path("/api/v1/responses"), OutputField::MaxOutputTokens);
+    assert_eq!(
+        OutputField::for_path("/api/v1/chat/completions"),
+        OutputField::MaxTokens
+    );
+    assert_eq!(
+        OutputField::for_path("/api/v1/embeddings"),
+        OutputField::None
+    );
+    assert_eq!(
+        OutputField::for_path("/api/v1/responses"),
+        OutputField::MaxOutputTokens
+    );
 }
 
 /// The bound, written out independently of `quote`.
 fn reference_cost(bytes: u64, prompt: u64, completion: u64, request: u64, n: u64, t: u64) -> u64 {
     let picos = u128::from(n)
-        * (u128::from(request) + u128::from(bytes + 10) * u128::from(prompt) + u128::from(t) * u128::from(completion));
+        * (u128::from(request)
+            + u128::from(bytes + 10) * u128::from(prompt)
+            + u128::from(t) * u128::from(completion));
     u64::try_from(picos.div_ceil(1_000_000)).unwrap()
 }
 

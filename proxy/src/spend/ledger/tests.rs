@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // a test that unwraps bad data fails, which is the point
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -8,12 +9,16 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::spend::estimate::{self, EstimateConfig, EstimateError, OutputField, RequestShape};
+use crate::spend::journal::JournalError;
 use crate::spend::money::UnitPrice;
 use crate::spend::price::{ModelEntry, ModelPrice, PriceTable};
 use crate::spend::report::{INFERENCES_FILE, USAGE_FILE};
 
 fn meta(model: &str) -> RequestMeta {
-    RequestMeta { endpoint: "chat".into(), model: model.into() }
+    RequestMeta {
+        endpoint: "chat".into(),
+        model: model.into(),
+    }
 }
 
 fn usage(cost: u64) -> Settlement {
@@ -28,7 +33,10 @@ struct Rng(u64);
 
 impl Rng {
     fn seeded() -> Self {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         Rng(t ^ u64::from(std::process::id()).rotate_left(32) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -43,19 +51,46 @@ impl Rng {
 }
 
 #[test]
+fn reservations_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Ledger>();
+    send_sync::<Reservation>();
+}
+
+#[test]
 fn reserve_settle_release() {
     let ledger = Ledger::in_memory(Micros(1000));
     let r = ledger.reserve_amount(meta("m"), Micros(600)).unwrap();
     assert_eq!(ledger.snapshot().remaining, Micros(400));
     let err = ledger.reserve_amount(meta("m"), Micros(401)).unwrap_err();
-    assert!(matches!(err, ReserveError::Budget(BudgetExceeded { remaining: Micros(400), needed: Micros(401) })));
+    assert!(matches!(
+        err,
+        ReserveError::Budget(BudgetExceeded {
+            remaining: Micros(400),
+            needed: Micros(401)
+        })
+    ));
     let settled = r.settle(usage(250));
-    assert_eq!(settled, Settled { charged: Micros(250), overcharge: Micros(0), total: Micros(250), remaining: Micros(750) });
+    assert_eq!(
+        settled,
+        Settled {
+            charged: Micros(250),
+            overcharge: Micros(0),
+            total: Micros(250),
+            remaining: Micros(750)
+        }
+    );
     let s = ledger.snapshot();
-    assert_eq!((s.settled, s.reserved, s.open_reservations, s.requests), (Micros(250), Micros(0), 0, 1));
+    assert_eq!(
+        (s.settled, s.reserved, s.open_reservations, s.requests),
+        (Micros(250), Micros(0), 0, 1)
+    );
     assert!(s.invariant_holds());
     let u = ledger.usage();
-    assert_eq!((u.requests, u.prompt_tokens, u.completion_tokens), (1, 10, 5));
+    assert_eq!(
+        (u.requests, u.prompt_tokens, u.completion_tokens),
+        (1, 10, 5)
+    );
     assert_eq!(u.models["m"].cost_usd, 0.00025);
 }
 
@@ -63,9 +98,13 @@ fn reserve_settle_release() {
 fn the_quote_runs_with_the_remaining_budget_and_may_refuse() {
     let ledger = Ledger::in_memory(Micros(1000));
     let _held = ledger.reserve_amount(meta("m"), Micros(300)).unwrap();
-    let (r, seen) = ledger.reserve(meta("m"), |remaining| Ok::<_, ()>((remaining, remaining))).unwrap();
+    let (r, seen) = ledger
+        .reserve(meta("m"), |remaining| Ok::<_, ()>((remaining, remaining)))
+        .unwrap();
     assert_eq!((seen, r.amount()), (Micros(700), Micros(700)));
-    let err = ledger.reserve(meta("m"), |_| Err::<(Micros, ()), _>("nope")).unwrap_err();
+    let err = ledger
+        .reserve(meta("m"), |_| Err::<(Micros, ()), _>("nope"))
+        .unwrap_err();
     assert!(matches!(err, ReserveError::Refused("nope")));
 }
 
@@ -74,9 +113,15 @@ fn dropping_a_reservation_settles_it_at_its_worst_case() {
     let ledger = Ledger::in_memory(Micros(1000));
     drop(ledger.reserve_amount(meta("m"), Micros(321)).unwrap());
     let s = ledger.snapshot();
-    assert_eq!((s.settled, s.reserved, s.open_reservations), (Micros(321), Micros(0), 0));
+    assert_eq!(
+        (s.settled, s.reserved, s.open_reservations),
+        (Micros(321), Micros(0), 0)
+    );
     let r = ledger.reserve_amount(meta("m"), Micros(100)).unwrap();
-    assert_eq!(r.settle_worst_case(502, Some("upstream".into())).charged, Micros(100));
+    assert_eq!(
+        r.settle_worst_case(502, Some("upstream".into())).charged,
+        Micros(100)
+    );
 }
 
 #[test]
@@ -85,12 +130,21 @@ fn an_overcharge_is_charged_in_full_and_leaves_nothing_to_reserve() {
     let a = ledger.reserve_amount(meta("m"), Micros(900)).unwrap();
     let b = ledger.reserve_amount(meta("m"), Micros(100)).unwrap();
     let settled = a.settle(usage(950));
-    assert_eq!((settled.overcharge, settled.total, settled.remaining), (Micros(50), Micros(950), Micros(0)));
+    assert_eq!(
+        (settled.overcharge, settled.total, settled.remaining),
+        (Micros(50), Micros(950), Micros(0))
+    );
     let s = ledger.snapshot();
     assert_eq!((s.overcharges, s.overcharge_excess), (1, Micros(50)));
-    assert!(s.settled.0 + s.reserved.0 > s.budget.0, "over budget, by provider error only");
+    assert!(
+        s.settled.0 + s.reserved.0 > s.budget.0,
+        "over budget, by provider error only"
+    );
     assert!(s.invariant_holds());
-    assert!(matches!(ledger.reserve_amount(meta("m"), Micros(1)), Err(ReserveError::Budget(_))));
+    assert!(matches!(
+        ledger.reserve_amount(meta("m"), Micros(1)),
+        Err(ReserveError::Budget(_))
+    ));
     // Free requests still fit.
     drop(ledger.reserve_amount(meta("free"), Micros(0)).unwrap());
     b.settle(usage(10));
@@ -115,8 +169,14 @@ fn metrics_follow_the_ledger() {
     assert_eq!(metrics.spend_usd.with_label_values(&["m"]).get(), 0.25);
     assert_eq!(metrics.settlements.with_label_values(&["usage"]).get(), 1);
     drop(ledger.reserve_amount(meta("x"), Micros(1)).unwrap());
-    assert_eq!(metrics.settlements.with_label_values(&["worst-case"]).get(), 1);
-    assert_eq!(metrics.tokens.with_label_values(&["other", "prompt"]).get(), 0);
+    assert_eq!(
+        metrics.settlements.with_label_values(&["worst-case"]).get(),
+        1
+    );
+    assert_eq!(
+        metrics.tokens.with_label_values(&["other", "prompt"]).get(),
+        0
+    );
 }
 
 fn durable(dir: &Path, budget: u64) -> LedgerConfig {
@@ -141,15 +201,25 @@ fn a_crash_loses_no_settled_spend_and_charges_open_reservations() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, recovery) = Ledger::open(durable(dir.path(), 10_000)).unwrap();
     assert_eq!(recovery, Recovery::default());
-    ledger.reserve_amount(meta("a"), Micros(1000)).unwrap().settle(usage(400));
-    ledger.reserve_amount(meta("b"), Micros(2000)).unwrap().settle(usage(1500));
+    ledger
+        .reserve_amount(meta("a"), Micros(1000))
+        .unwrap()
+        .settle(usage(400));
+    ledger
+        .reserve_amount(meta("b"), Micros(2000))
+        .unwrap()
+        .settle(usage(1500));
     let open = ledger.reserve_amount(meta("a"), Micros(3000)).unwrap();
     let open_id = open.id();
     open.abandon(); // the process dies with this request in flight
     drop(ledger); // no flush, no shutdown
     let journal = dir.path().join(JOURNAL_FILE);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
-    f.write_all(b"{\"t\":\"settle\",\"id\":2,\"micros\":10").unwrap(); // torn write
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    f.write_all(b"{\"t\":\"settle\",\"id\":2,\"micros\":10")
+        .unwrap(); // torn write
     drop(f);
 
     let (ledger, recovery) = Ledger::open(durable(dir.path(), 10_000)).unwrap();
@@ -157,7 +227,10 @@ fn a_crash_loses_no_settled_spend_and_charges_open_reservations() {
     assert_eq!(recovery.recovered, vec![(open_id, Micros(3000))]);
     assert!(recovery.torn_tail);
     let s = ledger.snapshot();
-    assert_eq!((s.settled, s.reserved, s.remaining, s.requests), (Micros(4900), Micros(0), Micros(5100), 3));
+    assert_eq!(
+        (s.settled, s.reserved, s.remaining, s.requests),
+        (Micros(4900), Micros(0), Micros(5100), 3)
+    );
     // New ids do not collide with the journal's.
     let r = ledger.reserve_amount(meta("a"), Micros(100)).unwrap();
     assert!(r.id() > open_id);
@@ -166,9 +239,17 @@ fn a_crash_loses_no_settled_spend_and_charges_open_reservations() {
 
     // Reopening again changes nothing: the recovery was journaled.
     let (ledger, recovery) = Ledger::open(durable(dir.path(), 10_000)).unwrap();
-    assert_eq!((recovery.settled, recovery.recovered.len(), recovery.torn_tail), (Micros(5000), 0, false));
+    assert_eq!(
+        (
+            recovery.settled,
+            recovery.recovered.len(),
+            recovery.torn_tail
+        ),
+        (Micros(5000), 0, false)
+    );
     ledger.flush().unwrap();
-    let usage: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join(USAGE_FILE)).unwrap()).unwrap();
+    let usage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(USAGE_FILE)).unwrap()).unwrap();
     assert_eq!(usage["evaluation_run_id"], "eval-7");
     assert_eq!(usage["total_cost_usd"], 0.005);
     assert_eq!(usage["max_cost_usd"], 0.01);
@@ -205,18 +286,27 @@ fn refusals_are_logged_and_cost_nothing() {
 fn one_process_per_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let (_ledger, _) = Ledger::open(durable(dir.path(), 100)).unwrap();
-    assert!(matches!(Ledger::open(durable(dir.path(), 100)), Err(LedgerError::Journal(JournalError::Locked(_)))));
+    assert!(matches!(
+        Ledger::open(durable(dir.path(), 100)),
+        Err(LedgerError::Journal(JournalError::Locked(_)))
+    ));
 }
 
 #[test]
 fn a_lower_budget_after_restart_counts_the_surplus_as_excess() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, _) = Ledger::open(durable(dir.path(), 1000)).unwrap();
-    ledger.reserve_amount(meta("m"), Micros(800)).unwrap().settle(usage(800));
+    ledger
+        .reserve_amount(meta("m"), Micros(800))
+        .unwrap()
+        .settle(usage(800));
     drop(ledger);
     let (ledger, _) = Ledger::open(durable(dir.path(), 500)).unwrap();
     let s = ledger.snapshot();
-    assert_eq!((s.settled, s.remaining, s.overcharge_excess), (Micros(800), Micros(0), Micros(300)));
+    assert_eq!(
+        (s.settled, s.remaining, s.overcharge_excess),
+        (Micros(800), Micros(0), Micros(300))
+    );
     assert!(s.invariant_holds());
 }
 
@@ -225,7 +315,10 @@ fn the_flusher_writes_the_usage_file_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, _) = Ledger::open(durable(dir.path(), 1000)).unwrap();
     let flusher = ledger.spawn_flusher(Duration::from_millis(5)).unwrap();
-    ledger.reserve_amount(meta("m"), Micros(10)).unwrap().settle(usage(7));
+    ledger
+        .reserve_amount(meta("m"), Micros(10))
+        .unwrap()
+        .settle(usage(7));
     let read = || -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(dir.path().join(USAGE_FILE)).unwrap()).unwrap()
     };
@@ -234,7 +327,10 @@ fn the_flusher_writes_the_usage_file_and_stops_cleanly() {
         assert!(Instant::now() < deadline, "the flusher never wrote");
         std::thread::sleep(Duration::from_millis(5));
     }
-    ledger.reserve_amount(meta("m"), Micros(10)).unwrap().settle(usage(3));
+    ledger
+        .reserve_amount(meta("m"), Micros(10))
+        .unwrap()
+        .settle(usage(3));
     flusher.stop().unwrap();
     assert_eq!(read()["total_cost_usd"], 0.00001);
 }
@@ -311,11 +407,18 @@ fn the_invariant_holds_under_64_threads() {
     let budget = 11_100u64;
     let (ledger, _) = Ledger::open(durable(dir.path(), budget)).unwrap();
     let price = ModelEntry {
-        price: ModelPrice { prompt: UnitPrice(MICRO), completion: UnitPrice(MICRO), ..Default::default() },
+        price: ModelPrice {
+            prompt: UnitPrice(MICRO),
+            completion: UnitPrice(MICRO),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let prices = PriceTable::new(HashMap::from([("m".to_owned(), price)]), None);
-    let cfg = EstimateConfig { overhead_tokens: 10, ..Default::default() };
+    let cfg = EstimateConfig {
+        overhead_tokens: 10,
+        ..Default::default()
+    };
     // Worst case at max_tokens 1000: (100 + 10) + 1000 = 1110 µUSD; the minimum (16) is 126.
     let shape = RequestShape {
         models: vec!["m".into()],
@@ -342,12 +445,14 @@ fn the_invariant_holds_under_64_threads() {
         let workers: Vec<_> = (0..64)
             .map(|t| {
                 let (ledger, prices, shape) = (&ledger, &prices, &shape);
-                let (charged, overcharged, granted, refused) = (&charged, &overcharged, &granted, &refused);
+                let (charged, overcharged, granted, refused) =
+                    (&charged, &overcharged, &granted, &refused);
                 scope.spawn(move || {
-                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1000_0001);
+                    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1000_0001));
                     for _ in 0..60 {
                         let result = ledger.reserve(meta("m"), |remaining| {
-                            estimate::quote(shape, prices, &cfg, remaining).map(|q| (q.worst_case, q))
+                            estimate::quote(shape, prices, &cfg, remaining)
+                                .map(|q| (q.worst_case, q))
                         });
                         match result {
                             Ok((r, q)) => {
@@ -418,7 +523,9 @@ fn crash_child() {
     let mut rng = Rng::seeded();
     let mut out = std::io::stdout().lock();
     loop {
-        let r = ledger.reserve_amount(meta("m"), Micros(1 + rng.below(1000))).unwrap();
+        let r = ledger
+            .reserve_amount(meta("m"), Micros(1 + rng.below(1000)))
+            .unwrap();
         let cost = rng.below(r.amount().0 + 1);
         let total = r.settle(usage(cost)).total;
         writeln!(out, "SETTLED {}", total.0).unwrap();
@@ -436,13 +543,20 @@ fn a_sigkilled_process_loses_no_settled_spend() {
         let dir = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .args(["spend::ledger::tests::crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "spend::ledger::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_DIR_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut last = None;
             let mut count = 0u64;
@@ -453,21 +567,36 @@ fn a_sigkilled_process_loses_no_settled_spend() {
                 if let Some(total) = line.trim_end().strip_prefix("SETTLED ") {
                     last = Some(total.parse::<u64>().unwrap());
                     count += 1;
+                    if count == 1 {
+                        let _ = started_tx.send(());
+                    }
                 }
                 line.clear();
             }
             (last, count)
         });
-        // Let it get going, then kill it at a random moment.
-        std::thread::sleep(Duration::from_millis(150 + rng.below(250)));
+        // Once it is settling, kill it at a random moment.
+        let running = started.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.below(200)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        assert!(
+            running.is_ok(),
+            "round {round}: the child never settled anything"
+        );
         let (last, count) = reader.join().unwrap();
-        let last = last.unwrap_or_else(|| panic!("round {round}: the child never settled anything"));
+        let last =
+            last.unwrap_or_else(|| panic!("round {round}: the child never settled anything"));
         let (ledger, recovery) = Ledger::open(durable(dir.path(), u64::MAX / 2)).unwrap();
         let settled = ledger.snapshot().settled.0;
-        assert!(settled >= last, "round {round}: lost spend: {settled} < {last} after {count} settlements");
-        assert!(settled <= last + 1000, "round {round}: {settled} vs {last}: more than one request in flight");
+        assert!(
+            settled >= last,
+            "round {round}: lost spend: {settled} < {last} after {count} settlements"
+        );
+        assert!(
+            settled <= last + 1000,
+            "round {round}: {settled} vs {last}: more than one request in flight"
+        );
         assert!(recovery.recovered.len() <= 1);
     }
 }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // a test that unwraps bad data fails, which is the point
 use proptest::prelude::*;
 
 use super::*;
@@ -19,7 +20,10 @@ fn reads_usage_id_model_and_provider_from_a_stream() {
     assert_eq!(s.response.model.as_deref(), Some("openai/gpt-4o"));
     assert_eq!(s.response.provider.as_deref(), Some("OpenAI"));
     let u = s.response.usage.clone().unwrap();
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.cost), (Some(12), Some(2), Some(Micros(46))));
+    assert_eq!(
+        (u.prompt_tokens, u.completion_tokens, u.cost),
+        (Some(12), Some(2), Some(Micros(46)))
+    );
     assert!(s.response.error.is_none());
 }
 
@@ -40,7 +44,8 @@ fn any_chunking_and_line_ending_gives_the_same_summary() {
 
 #[test]
 fn joins_multi_line_data_and_ignores_other_fields() {
-    let text = "event: message\nid: 5\nretry: 10\ndata: {\"id\":\"g\",\ndata:\"usage\":{\"cost\":1}}\n\n";
+    let text =
+        "event: message\nid: 5\nretry: 10\ndata: {\"id\":\"g\",\ndata:\"usage\":{\"cost\":1}}\n\n";
     let s = parse_sse(text.as_bytes());
     assert_eq!(s.events, 1);
     assert_eq!(s.response.id.as_deref(), Some("g"));
