@@ -1,0 +1,468 @@
+//! A [`TaskSpec`] rendered into typed Kubernetes objects: the task Pod and, for a `--policy-file`,
+//! the ConfigMap that carries the policy. Offline: nothing here talks to a cluster or a registry.
+//!
+//! The Pod, in start order:
+//! 1. `build` (init, only when the registry lacks the image): Kaniko builds the archive's
+//!    Dockerfile and pushes `<registry>/<task>:sha256-<archive digest>`.
+//! 2. `tollgate-init` (init): root with NET_ADMIN and NET_RAW only; installs the redirect.
+//! 3. `tollgate-proxy` (native sidecar: init container with `restartPolicy: Always`): UID/GID
+//!    1337; the agent starts once its startup probe on `/readyz` passes (the CA is written then).
+//! 4. `agent`: the built image, trusting the proxy's CA, unable to become UID/GID 1337.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::spec::{PROXY_ID, PolicySource, Resources, Scheme, TaskSpec};
+
+/// Label every launcher-made object carries; `pending-work` selects on it.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate-launch");
+/// Label with the task id.
+pub const TASK_LABEL: &str = "tollgate.dev/task";
+/// Label with the run id.
+pub const RUN_LABEL: &str = "tollgate.dev/run";
+/// Label present while the Pod has a Kaniko build step; the build-egress NetworkPolicy keys on it.
+pub const BUILD_LABEL: &str = "tollgate.dev/build";
+/// Annotation with the agent's image reference.
+pub const IMAGE_ANNOTATION: &str = "tollgate.dev/image";
+/// Key of the policy in its ConfigMap, and the file name under [`POLICY_DIR`].
+pub const POLICY_KEY: &str = "policy.toml";
+/// Where the policy ConfigMap is mounted (the directory, so ConfigMap updates hot-reload).
+pub const POLICY_DIR: &str = "/etc/tollgate";
+/// Where the proxy writes `ca.crt`, `ridges-ca.crt` and `ca-bundle.crt`.
+pub const CERTS_DIR: &str = "/certs/output";
+/// The bundle the agent trusts.
+pub const CA_BUNDLE: &str = "/certs/output/ca-bundle.crt";
+/// The downward-API directory with the Pod's `labels`.
+pub const PODINFO_DIR: &str = "/etc/podinfo";
+/// The proxy's data dir (usage ledger).
+pub const DATA_DIR: &str = "/var/lib/tollgate";
+/// The proxy's SNI port.
+pub const SNI_PORT: i32 = 15443;
+/// The proxy's original-destination (capture) port.
+pub const CAPTURE_PORT: i32 = 15001;
+/// The proxy's read-only usage port.
+pub const USAGE_PORT: i32 = 8080;
+/// The proxy's admin port (/metrics /healthz /readyz).
+pub const ADMIN_PORT: i32 = 15090;
+/// Env vars that point TLS stacks at the CA bundle: OpenSSL/Python, requests, curl, Node, git.
+pub const CA_ENV: [&str; 5] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+];
+/// Capabilities the agent loses: with any of them it could leave the redirect (become UID/GID
+/// 1337 with SETUID/SETGID, or rewrite the rules and marks with NET_ADMIN/NET_RAW).
+pub const AGENT_DROPPED_CAPS: [&str; 4] = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"];
+
+/// The objects of one task: an optional policy ConfigMap (for `--policy-file`) and the Pod.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// The policy ConfigMap, when the policy came from a file.
+    pub policy: Option<ConfigMap>,
+    /// The task Pod.
+    pub pod: Pod,
+}
+
+impl Rendered {
+    /// The objects as a multi-document YAML stream (ConfigMap first, as `kubectl apply` wants).
+    pub fn to_yaml(&self) -> Result<String, serde_saphyr::SerializeError> {
+        let mut out = String::new();
+        if let Some(cm) = &self.policy {
+            out.push_str(&to_yaml(cm)?);
+            out.push_str("---\n");
+        }
+        out.push_str(&to_yaml(&self.pod)?);
+        Ok(out)
+    }
+}
+
+/// YAML with long one-line strings (image references, URLs) kept on one line, multi-line
+/// strings (the policy) as literal blocks.
+pub fn to_yaml(value: &impl serde::Serialize) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string_with_options(
+        value,
+        serde_saphyr::ser_options! { folded_wrap_chars: 100_000 },
+    )
+}
+
+/// Renders the task; `build` says whether the image must be built (the registry lacks the tag).
+pub fn render(spec: &TaskSpec, build: bool) -> Rendered {
+    let policy = match &spec.policy {
+        PolicySource::ConfigMap(_) => None,
+        PolicySource::File { text } => Some(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(spec.policy_configmap_name()),
+                namespace: Some(spec.namespace.clone()),
+                labels: Some(task_labels(spec)),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(POLICY_KEY.to_owned(), text.clone())])),
+            ..ConfigMap::default()
+        }),
+    };
+    Rendered {
+        policy,
+        pod: pod(spec, build),
+    }
+}
+
+/// Labels shared by the Pod and its ConfigMap (the phase label is the Pod's alone).
+fn task_labels(spec: &TaskSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (TASK_LABEL.to_owned(), spec.task.as_str().to_owned()),
+        (RUN_LABEL.to_owned(), spec.run.as_str().to_owned()),
+    ])
+}
+
+fn pod(spec: &TaskSpec, build: bool) -> Pod {
+    let mut labels = task_labels(spec);
+    labels.insert(spec.phase_label.clone(), "agent".to_owned());
+    if build {
+        labels.insert(BUILD_LABEL.to_owned(), "true".to_owned());
+    }
+    let mut init_containers = Vec::new();
+    if build {
+        init_containers.push(kaniko(spec));
+    }
+    init_containers.push(tollgate_init(spec));
+    init_containers.push(proxy(spec));
+    let image_pull_secrets = spec
+        .pull_secret
+        .as_ref()
+        .map(|name| vec![LocalObjectReference { name: name.clone() }]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(spec.pod_name()),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (IMAGE_ANNOTATION.to_owned(), spec.image.to_string()),
+                (
+                    "kubectl.kubernetes.io/default-container".to_owned(),
+                    "agent".to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_owned()),
+            // The agent gets no API credentials, no service env vars, no host namespaces.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(30),
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            image_pull_secrets,
+            init_containers: Some(init_containers),
+            containers: vec![agent(spec)],
+            volumes: Some(volumes(spec, build)),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn kaniko(spec: &TaskSpec) -> Container {
+    let mut args = vec![
+        format!("--context={}", spec.archive_url),
+        "--dockerfile=Dockerfile".to_owned(),
+        format!("--destination={}", spec.image),
+        // The digest lands in the container's termination message, for `status`.
+        "--digest-file=/dev/termination-log".to_owned(),
+        "--single-snapshot".to_owned(),
+    ];
+    if spec.image.registry.scheme == Scheme::Http {
+        args.push("--insecure".to_owned());
+    }
+    let mut env = Vec::new();
+    let mut volume_mounts = Vec::new();
+    if spec.push_secret.is_some() {
+        env.push(env_var("DOCKER_CONFIG", "/kaniko/.docker"));
+        volume_mounts.push(mount("registry-auth", "/kaniko/.docker", true));
+    }
+    Container {
+        name: "build".to_owned(),
+        image: Some(spec.images.kaniko.clone()),
+        args: Some(args),
+        env: non_empty(env),
+        volume_mounts: non_empty(volume_mounts),
+        resources: resources(&spec.build_resources),
+        // Kaniko must be root to unpack base images into its own filesystem; it gets no more
+        // than the runtime's default capabilities and cannot escalate.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            run_as_user: Some(0),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn tollgate_init(spec: &TaskSpec) -> Container {
+    Container {
+        name: "tollgate-init".to_owned(),
+        image: Some(spec.images.init.clone()),
+        args: Some(vec![
+            format!("--proxy-uid={PROXY_ID}"),
+            format!("--proxy-gid={PROXY_ID}"),
+            format!("--sni-port={SNI_PORT}"),
+            format!("--capture-port={CAPTURE_PORT}"),
+        ]),
+        resources: resources(&Resources {
+            cpu: Some("100m".to_owned()),
+            memory: Some("64Mi".to_owned()),
+            ephemeral_storage: None,
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".to_owned(), "NET_RAW".to_owned()]),
+                drop: Some(vec!["ALL".to_owned()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        // iptables takes its lock in /run; the root filesystem stays read-only.
+        volume_mounts: Some(vec![mount("init-run", "/run", false)]),
+        ..Container::default()
+    }
+}
+
+fn proxy(spec: &TaskSpec) -> Container {
+    let mut env = vec![
+        env_var("TOLLGATE_POLICY", &format!("{POLICY_DIR}/{POLICY_KEY}")),
+        env_var("TOLLGATE_LOG_FORMAT", "json"),
+        env_var("TOLLGATE_ADMIN_LISTEN", &format!("0.0.0.0:{ADMIN_PORT}")),
+        env_var("TOLLGATE_LABELS_FILE", &format!("{PODINFO_DIR}/labels")),
+        env_var("TOLLGATE_PHASE_LABEL", &spec.phase_label),
+        env_var("PROXY_DATA_DIR", DATA_DIR),
+        env_var("EVALUATION_RUN_ID", spec.run.as_str()),
+    ];
+    if let Some(budget) = spec.budget {
+        env.push(env_var("MAX_COST_USD", &budget.to_string()));
+    }
+    for (key, value) in &spec.proxy_env {
+        match env.iter_mut().find(|e| &e.name == key) {
+            Some(existing) => existing.value = Some(value.clone()),
+            None => env.push(env_var(key, value)),
+        }
+    }
+    let env_from = spec.proxy_env_secret.as_ref().map(|name| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: name.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]
+    });
+    Container {
+        name: "tollgate-proxy".to_owned(),
+        image: Some(spec.images.proxy.clone()),
+        // Native sidecar: starts before the agent, runs beside it, stops after it.
+        restart_policy: Some("Always".to_owned()),
+        env: Some(env),
+        env_from,
+        ports: Some(vec![
+            port("sni", SNI_PORT),
+            port("capture", CAPTURE_PORT),
+            port("usage", USAGE_PORT),
+            port("admin", ADMIN_PORT),
+        ]),
+        startup_probe: Some(http_probe("/readyz", 1, 60)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        resources: resources(&Resources {
+            cpu: Some("500m".to_owned()),
+            memory: Some("256Mi".to_owned()),
+            ephemeral_storage: None,
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(PROXY_ID),
+            run_as_group: Some(PROXY_ID),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["ALL".to_owned()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("podinfo", PODINFO_DIR, true),
+            mount("policy", POLICY_DIR, true),
+            mount("certs", CERTS_DIR, false),
+            mount("proxy-data", DATA_DIR, false),
+            // The sentinel /tmp/egress-unlocked lives here: the proxy's own, not the agent's.
+            mount("proxy-tmp", "/tmp", false),
+        ]),
+        ..Container::default()
+    }
+}
+
+fn agent(spec: &TaskSpec) -> Container {
+    Container {
+        name: "agent".to_owned(),
+        image: Some(spec.image.to_string()),
+        env: Some(CA_ENV.iter().map(|k| env_var(k, CA_BUNDLE)).collect()),
+        resources: resources(&spec.agent_resources),
+        security_context: Some(SecurityContext {
+            run_as_user: spec.agent_uid,
+            run_as_group: spec.agent_gid,
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(AGENT_DROPPED_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![mount("certs", CERTS_DIR, true)]),
+        ..Container::default()
+    }
+}
+
+fn volumes(spec: &TaskSpec, build: bool) -> Vec<Volume> {
+    let mut volumes = vec![
+        Volume {
+            name: "podinfo".to_owned(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "labels".to_owned(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.labels".to_owned(),
+                        api_version: None,
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+                ..DownwardAPIVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "policy".to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: spec.policy_configmap_name(),
+                items: Some(vec![KeyToPath {
+                    key: POLICY_KEY.to_owned(),
+                    path: POLICY_KEY.to_owned(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        empty_dir("certs", "1Mi"),
+        empty_dir("proxy-data", "64Mi"),
+        empty_dir("proxy-tmp", "1Mi"),
+        empty_dir("init-run", "1Mi"),
+    ];
+    if build && let Some(secret) = &spec.push_secret {
+        volumes.push(Volume {
+            name: "registry-auth".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".to_owned(),
+                    path: "config.json".to_owned(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
+}
+
+fn empty_dir(name: &str, size: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(size.to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(ADMIN_PORT),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// Requests equal to limits (Guaranteed-style), for the quantities given.
+fn resources(r: &Resources) -> Option<ResourceRequirements> {
+    let map: BTreeMap<String, Quantity> = [
+        ("cpu", &r.cpu),
+        ("memory", &r.memory),
+        ("ephemeral-storage", &r.ephemeral_storage),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), Quantity(v.clone()))))
+    .collect();
+    (!map.is_empty()).then(|| ResourceRequirements {
+        limits: Some(map.clone()),
+        requests: Some(map),
+        ..ResourceRequirements::default()
+    })
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
