@@ -110,9 +110,12 @@ pub fn main() -> ExitCode {
 }
 
 fn check(file: &Path) -> ExitCode {
-    match Policy::load(file) {
+    match Policy::load(file).and_then(|mut p| p.apply_process_env().map(|()| p)) {
         Ok(policy) => {
             println!("ok: {}", policy.summary());
+            for warning in policy.warnings() {
+                println!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -66,7 +66,12 @@ fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metric
     let origin = path.display().to_string();
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| format!("{origin}: policy is not UTF-8: {e}"))
-        .and_then(|text| Policy::parse(text, &origin).map_err(|e| e.to_string()));
+        .and_then(|text| {
+            let mut policy = Policy::parse(text, &origin).map_err(|e| e.to_string())?;
+            // The environment is re-applied: it overrides every version of the file.
+            policy.apply_process_env().map_err(|e| e.to_string())?;
+            Ok(policy)
+        });
     match parsed {
         Ok(policy) => {
             let summary = policy.summary();

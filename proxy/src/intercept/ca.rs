@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -81,18 +81,33 @@ impl Authority {
         params.not_after = now + CA_VALIDITY;
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
-        Ok(Self::assemble(Issuer::new(params, key), cert.der().clone(), cert_pem, provider))
+        Ok(Self::assemble(
+            Issuer::new(params, key),
+            cert.der().clone(),
+            cert_pem,
+            provider,
+        ))
     }
 
     /// Loads an operator-provided CA (PEM certificate and PKCS#8/SEC1/PKCS#1 key files).
-    pub fn load(cert_path: &Path, key_path: &Path, provider: Arc<CryptoProvider>) -> Result<Self, CaError> {
-        let load_err = |path: &Path, reason: String| CaError::Load { path: path.display().to_string(), reason };
-        let cert_pem = std::fs::read_to_string(cert_path).map_err(|e| load_err(cert_path, e.to_string()))?;
-        let key_pem = std::fs::read_to_string(key_path).map_err(|e| load_err(key_path, e.to_string()))?;
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, CaError> {
+        let load_err = |path: &Path, reason: String| CaError::Load {
+            path: path.display().to_string(),
+            reason,
+        };
+        let cert_pem =
+            std::fs::read_to_string(cert_path).map_err(|e| load_err(cert_path, e.to_string()))?;
+        let key_pem =
+            std::fs::read_to_string(key_path).map_err(|e| load_err(key_path, e.to_string()))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| load_err(key_path, e.to_string()))?;
         let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| load_err(cert_path, e.to_string()))?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| load_err(cert_path, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| load_err(cert_path, e.to_string()))?;
         Ok(Self::assemble(issuer, cert_der, cert_pem, provider))
     }
 
@@ -102,7 +117,13 @@ impl Authority {
         cert_pem: String,
         provider: Arc<CryptoProvider>,
     ) -> Self {
-        Self { issuer, cert_der, cert_pem, provider, leaves: Mutex::new(LeafCache::default()) }
+        Self {
+            issuer,
+            cert_der,
+            cert_pem,
+            provider,
+            leaves: Mutex::new(LeafCache::default()),
+        }
     }
 
     /// The CA certificate, PEM.
@@ -128,7 +149,9 @@ impl Authority {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, LeafCache> {
         // A panic while holding this lock cannot leave the cache inconsistent: recover it.
-        self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.leaves
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn mint(&self, host: &str) -> Result<CertifiedKey, CaError> {
@@ -146,7 +169,10 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer)?;
         let key_der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let signer = self.provider.key_provider.load_private_key(key_der)?;
-        Ok(CertifiedKey::new(vec![cert.der().clone(), self.cert_der.clone()], signer))
+        Ok(CertifiedKey::new(
+            vec![cert.der().clone(), self.cert_der.clone()],
+            signer,
+        ))
     }
 
     /// Writes `ca.crt`, `ridges-ca.crt` (the Python sidecar's name) and `ca-bundle.crt` (the
@@ -171,7 +197,10 @@ impl Authority {
 /// the new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     {
         let mut file = std::fs::File::create(&tmp)?;
@@ -212,7 +241,11 @@ impl LeafCache {
     }
 
     fn insert(&mut self, host: String, leaf: Arc<CertifiedKey>) {
-        if self.map.insert(host.clone(), (leaf, Instant::now())).is_none() {
+        if self
+            .map
+            .insert(host.clone(), (leaf, Instant::now()))
+            .is_none()
+        {
             self.order.push_back(host);
         }
         while self.map.len() > LEAF_CACHE {
@@ -245,14 +278,23 @@ mod tests {
         // Verify with webpki through rustls: trusted for its name, not for another.
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der().clone()).unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
         let now = rustls::pki_types::UnixTime::now();
         let name = rustls::pki_types::ServerName::try_from("openrouter.ai").unwrap();
-        verifier.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &name, &[], now).unwrap();
+        verifier
+            .verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &name, &[], now)
+            .unwrap();
         let other = rustls::pki_types::ServerName::try_from("example.com").unwrap();
-        assert!(verifier.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &other, &[], now).is_err());
+        assert!(
+            verifier
+                .verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &other, &[], now)
+                .is_err()
+        );
     }
 
     #[test]
@@ -264,7 +306,10 @@ mod tests {
             ca.leaf(&format!("h{i}.test")).unwrap();
         }
         assert!(ca.cache().map.len() <= LEAF_CACHE);
-        assert!(!Arc::ptr_eq(&a, &ca.leaf("a.test").unwrap()), "oldest entry was evicted");
+        assert!(
+            !Arc::ptr_eq(&a, &ca.leaf("a.test").unwrap()),
+            "oldest entry was evicted"
+        );
     }
 
     #[test]
@@ -273,14 +318,25 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "operator CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "operator CA");
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("ca.key"), key.serialize_pem()).unwrap();
-        let ca = Authority::load(&dir.path().join("ca.pem"), &dir.path().join("ca.key"), provider()).unwrap();
+        let ca = Authority::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca.key"),
+            provider(),
+        )
+        .unwrap();
         assert_eq!(ca.cert_der(), cert.der());
         assert_eq!(&ca.leaf("x.test").unwrap().cert[1], cert.der());
-        let missing = Authority::load(&dir.path().join("nope.pem"), &dir.path().join("ca.key"), provider());
+        let missing = Authority::load(
+            &dir.path().join("nope.pem"),
+            &dir.path().join("ca.key"),
+            provider(),
+        );
         assert!(matches!(missing, Err(CaError::Load { .. })));
     }
 
@@ -288,14 +344,26 @@ mod tests {
     fn outputs_hold_the_ca_and_the_bundle_appends_it_to_the_system_roots() {
         let dir = tempfile::tempdir().unwrap();
         let roots = dir.path().join("roots.pem");
-        std::fs::write(&roots, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").unwrap();
+        std::fs::write(
+            &roots,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----",
+        )
+        .unwrap();
         let ca = Authority::generate(provider()).unwrap();
         let out = dir.path().join("out");
         ca.write_outputs(&out, &roots).unwrap();
-        assert_eq!(std::fs::read_to_string(out.join("ca.crt")).unwrap(), ca.cert_pem());
-        assert_eq!(std::fs::read_to_string(out.join("ridges-ca.crt")).unwrap(), ca.cert_pem());
+        assert_eq!(
+            std::fs::read_to_string(out.join("ca.crt")).unwrap(),
+            ca.cert_pem()
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("ridges-ca.crt")).unwrap(),
+            ca.cert_pem()
+        );
         let bundle = std::fs::read_to_string(out.join("ca-bundle.crt")).unwrap();
-        assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN"));
+        assert!(bundle.starts_with(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN"
+        ));
         assert!(bundle.ends_with(ca.cert_pem()));
     }
 }

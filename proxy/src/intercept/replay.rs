@@ -1,11 +1,33 @@
 //! A stream that first yields bytes already read from the socket (the ClientHello the router
 //! peeked at), then the socket itself, so the TLS acceptor sees the connection from its start.
+//! It also counts the bytes each way, for the connection's log line.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes read from (`up`) and written to (`down`) the client, shared with whoever reports them.
+#[derive(Clone, Debug, Default)]
+pub struct ByteCounts {
+    /// Read from the client, the replayed prefix included.
+    pub up: Arc<AtomicU64>,
+    /// Written to the client.
+    pub down: Arc<AtomicU64>,
+}
+
+impl ByteCounts {
+    /// (up, down) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// `prefix` then `inner` for reads; writes go straight to `inner`.
 #[derive(Debug)]
@@ -13,17 +35,34 @@ pub struct Replay<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
+    counts: ByteCounts,
 }
 
 impl<S> Replay<S> {
-    /// Reads `prefix` before anything from `inner`.
+    /// Reads `prefix` before anything from `inner`. The prefix counts as read.
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Self { prefix, pos: 0, inner }
+        let counts = ByteCounts::default();
+        counts.up.store(prefix.len() as u64, Ordering::Relaxed);
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+            counts,
+        }
+    }
+
+    /// The live byte counts.
+    pub fn counts(&self) -> ByteCounts {
+        self.counts.clone()
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pos < this.prefix.len() {
             let rest = &this.prefix[this.pos..];
@@ -37,13 +76,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        this.counts.up.fetch_add(read, Ordering::Relaxed);
+        polled
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counts.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -59,7 +110,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counts.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -90,5 +145,6 @@ mod tests {
         let mut echoed = [0u8; 4];
         b.read_exact(&mut echoed).await.unwrap();
         assert_eq!(&echoed, b"back");
+        assert_eq!(replay.counts().get(), (11, 4));
     }
 }
