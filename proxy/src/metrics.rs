@@ -22,6 +22,9 @@ pub const HELLO_FAILURES: [&str; 10] = [
     "io",
 ];
 
+/// Buckets for LLM latencies: from a cached answer to a long reasoning stream.
+const LLM_BUCKETS: [f64; 12] = [0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0];
+
 /// Label value for anything the policy does not name.
 pub const OTHER: &str = "other";
 
@@ -53,6 +56,14 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     /// Constant 1, labelled with the build's version and commit.
     pub build_info: IntGaugeVec,
+    /// LLM requests forwarded, by model (policy-named or `other`) and upstream status.
+    pub llm_requests: IntCounterVec,
+    /// LLM requests refused by the gateway, by reason.
+    pub llm_denials: IntCounterVec,
+    /// Upstream time from sending the request to the end of the response.
+    pub upstream_latency: Histogram,
+    /// Upstream time from sending the request to the response headers.
+    pub upstream_ttfb: Histogram,
 }
 
 impl Metrics {
@@ -128,6 +139,32 @@ impl Metrics {
                 &["version", "commit"],
             )
             .expect("static metric definition is valid"),
+            llm_requests: IntCounterVec::new(
+                Opts::new("tollgate_llm_requests_total", "LLM requests forwarded, by model and upstream status."),
+                &["model", "status"],
+            )
+            .expect("static metric definition is valid"),
+            llm_denials: IntCounterVec::new(
+                Opts::new("tollgate_llm_denials_total", "LLM requests refused by the gateway, by reason."),
+                &["reason"],
+            )
+            .expect("static metric definition is valid"),
+            upstream_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_upstream_latency_seconds",
+                    "Upstream time from request to the end of the response.",
+                )
+                .buckets(LLM_BUCKETS.to_vec()),
+            )
+            .expect("static metric definition is valid"),
+            upstream_ttfb: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_upstream_ttfb_seconds",
+                    "Upstream time from request to the response headers.",
+                )
+                .buckets(LLM_BUCKETS.to_vec()),
+            )
+            .expect("static metric definition is valid"),
             registry,
         };
         m.register_all();
@@ -160,7 +197,11 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+            Box::new(self.llm_requests.clone()),
+            Box::new(self.llm_denials.clone()),
+            Box::new(self.upstream_latency.clone()),
+            Box::new(self.upstream_ttfb.clone()),
             Box::new(self.capture_rejections.clone()),
             Box::new(self.connections.clone()),
             Box::new(self.client_hello_failures.clone()),

@@ -30,6 +30,9 @@ pub enum SettlementSource {
     Generation,
     /// The reserved worst case (no cost could be learned, or the reservation was dropped).
     WorstCase,
+    /// Nothing was charged: the request never reached the upstream (connect failure), or the
+    /// upstream refused it with a 4xx before generating anything.
+    NotGenerated,
 }
 
 impl SettlementSource {
@@ -39,6 +42,7 @@ impl SettlementSource {
             SettlementSource::Usage => "usage",
             SettlementSource::Generation => "generation",
             SettlementSource::WorstCase => "worst-case",
+            SettlementSource::NotGenerated => "not-generated",
         }
     }
 }

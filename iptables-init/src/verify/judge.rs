@@ -1,0 +1,189 @@
+//! The verdicts: pure functions from what a probe saw to pass, skip or fail (unit-tested in
+//! `verify/tests.rs`), and the checks with their exit-code offsets.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use super::listen::{Arrival, Port};
+use super::probe::{TcpOutcome, UdpOutcome};
+
+/// A self-test check; its exit code is the family's base (20 IPv4, 30 IPv6) plus [`Check::offset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The self-test could not run (a listener or a probe child failed).
+    Setup,
+    /// TCP to an SNI port was not redirected to the SNI port.
+    SniRedirect,
+    /// Redirected, but SO_ORIGINAL_DST is not the dialled address.
+    OriginalDst,
+    /// TCP to another port was not redirected to the capture port.
+    CaptureRedirect,
+    /// The proxy UID's connection was redirected (the proxy would connect to itself).
+    ProxyExemption,
+    /// UDP/443 from a non-proxy UID was not rejected.
+    Udp,
+    /// The installed rules differ from this configuration's.
+    Rules,
+}
+
+impl Check {
+    /// Every check, in exit-code order.
+    pub const ALL: [Check; 7] = [
+        Check::Setup,
+        Check::SniRedirect,
+        Check::OriginalDst,
+        Check::CaptureRedirect,
+        Check::ProxyExemption,
+        Check::Udp,
+        Check::Rules,
+    ];
+
+    /// Added to the family's base exit code.
+    pub fn offset(self) -> u8 {
+        match self {
+            Check::Setup => 0,
+            Check::SniRedirect => 1,
+            Check::OriginalDst => 2,
+            Check::CaptureRedirect => 3,
+            Check::ProxyExemption => 4,
+            Check::Udp => 5,
+            Check::Rules => 6,
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Check::Setup => "setup",
+            Check::SniRedirect => "sni-redirect",
+            Check::OriginalDst => "original-destination",
+            Check::CaptureRedirect => "capture-redirect",
+            Check::ProxyExemption => "proxy-exemption",
+            Check::Udp => "udp-fence",
+            Check::Rules => "installed-rules",
+        })
+    }
+}
+
+/// The result of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Held, with what was seen.
+    Pass(String),
+    /// Could not be exercised, and why.
+    Skip(String),
+    /// Failed.
+    Fail(Check, String),
+}
+
+pub(super) fn no_route(dst: SocketAddr, e: &str) -> Verdict {
+    Verdict::Skip(format!(
+        "no route to {dst} ({e}): routing refused it before netfilter, not exercised"
+    ))
+}
+
+/// Judges a probe that must be redirected to `port` (`busy`: the port was taken, probed live).
+pub fn judge_redirect(
+    port: Port,
+    port_number: u16,
+    dst: SocketAddr,
+    outcome: &TcpOutcome,
+    arrival: Option<&Arrival>,
+    busy: Option<Option<u32>>,
+) -> Verdict {
+    let check = match port {
+        Port::Sni => Check::SniRedirect,
+        Port::Capture => Check::CaptureRedirect,
+    };
+    if let TcpOutcome::NoRoute(e) = outcome {
+        return no_route(dst, e);
+    }
+    if let Some(a) = arrival {
+        if a.port != port {
+            return Verdict::Fail(
+                check,
+                format!(
+                    "arrived at the {} port, want the {port} port {port_number}",
+                    a.port
+                ),
+            );
+        }
+        return match a.orig_dst {
+            Some(o) if o == dst => Verdict::Pass(format!(
+                "redirected to :{port_number}, original destination {o}"
+            )),
+            Some(o) => Verdict::Fail(
+                Check::OriginalDst,
+                format!("SO_ORIGINAL_DST is {o}, want {dst}"),
+            ),
+            None => Verdict::Fail(
+                Check::OriginalDst,
+                "no SO_ORIGINAL_DST on the accepted connection".into(),
+            ),
+        };
+    }
+    match (busy, outcome) {
+        (Some(owner), TcpOutcome::Connected) => Verdict::Pass(format!(
+            "accepted by the running listener on :{port_number} ({}); live probe, original destination not checked",
+            owner.map_or("owner unknown".to_string(), |u| format!("uid {u}"))
+        )),
+        (Some(_), o) => Verdict::Fail(
+            check,
+            format!("not redirected to the running listener on :{port_number}: {o}"),
+        ),
+        (None, TcpOutcome::Connected) => Verdict::Fail(
+            check,
+            format!(
+                "connected, but not to the {port} port {port_number}: something else answered (not redirected)"
+            ),
+        ),
+        (None, o) => Verdict::Fail(check, format!("not redirected to :{port_number}: {o}")),
+    }
+}
+
+/// Judges the proxy-UID probe, which must not be redirected.
+pub fn judge_exempt(
+    dst: SocketAddr,
+    outcome: &TcpOutcome,
+    arrival: Option<&Arrival>,
+    sni_busy: bool,
+) -> Verdict {
+    if let TcpOutcome::NoRoute(e) = outcome {
+        return no_route(dst, e);
+    }
+    if let Some(a) = arrival {
+        return Verdict::Fail(
+            Check::ProxyExemption,
+            format!(
+                "redirected to the {} port: the proxy's own connections would loop back into it",
+                a.port
+            ),
+        );
+    }
+    if sni_busy && *outcome == TcpOutcome::Connected {
+        return Verdict::Fail(
+            Check::ProxyExemption,
+            "connected while the SNI port is served locally: probably redirected".into(),
+        );
+    }
+    Verdict::Pass(format!("not redirected ({outcome})"))
+}
+
+/// Judges the UDP probe, which the fence must reject.
+pub fn judge_udp(dst: SocketAddr, outcome: &UdpOutcome) -> Verdict {
+    match outcome {
+        UdpOutcome::Rejected => {
+            Verdict::Pass("send failed with EPERM: rejected by the fence".into())
+        }
+        UdpOutcome::NoRoute(e) => no_route(dst, e),
+        UdpOutcome::Sent => Verdict::Fail(
+            Check::Udp,
+            format!("a datagram to {dst} was sent: not rejected"),
+        ),
+        UdpOutcome::Failed(e) => Verdict::Fail(
+            Check::Udp,
+            format!("send failed with {e}, want EPERM from the fence"),
+        ),
+    }
+}

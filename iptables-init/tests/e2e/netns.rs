@@ -1,0 +1,322 @@
+//! A small network-namespace guard for these tests, kept inside this crate so it does not
+//! depend on the tests crate. Each [`Netns`] is `tgi-<pid>-<n>` with `lo` up and, unless bare,
+//! a veth pair whose both ends stay inside it: `tga` holds 192.0.2.1/24 and 2001:db8::1/64,
+//! `tgb` the `.2`s. Dropping it deletes the namespace, also when the test panics.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sched::{CloneFlags, setns};
+
+/// The veth end with the `.1` addresses (the self-test's probe addresses).
+pub const V4_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The other end.
+pub const V4_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// IPv6 twin of [`V4_A`].
+pub const V6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// IPv6 twin of [`V4_B`].
+pub const V6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// A resolver address for `--dns`, so no test depends on the host's resolv.conf.
+pub const DNS: &str = "192.0.2.53";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static REAPED: std::sync::Once = std::sync::Once::new();
+
+/// True when root and `ip netns` work. Otherwise panics under `TOLLGATE_REQUIRE_ROOT_TESTS=1`
+/// (CI must not skip silently), else prints `SKIPPED` and returns false.
+pub fn require_root() -> bool {
+    let reason = if !nix::unistd::geteuid().is_root() {
+        Some("not running as root".to_string())
+    } else {
+        match Command::new("ip").args(["netns", "list"]).output() {
+            Ok(o) if o.status.success() => which("iptables-nft-restore")
+                .or_else(|| which("iptables-restore"))
+                .is_none()
+                .then(|| "iptables is not installed (apt-get install iptables)".to_string()),
+            Ok(o) => Some(format!(
+                "`ip netns list` failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run `ip` (install iproute2): {e}")),
+        }
+    };
+    match reason {
+        None => true,
+        Some(why) if std::env::var("TOLLGATE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") => {
+            panic!("TOLLGATE_REQUIRE_ROOT_TESTS=1 but the namespace tests cannot run: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED (needs root, iproute2 and iptables): {why}");
+            false
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The finished run of a command: exit code and output, printable for assertion messages.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// `tollgate-init`, copied into a 0755 directory so that children running as other UIDs (and
+/// setpriv'd ones) can execute it wherever the build directory is. The directory is
+/// `$TMPDIR/tollgate-init-e2e-<pid>`; those of dead test processes are removed first.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dead = name
+                .strip_prefix("tollgate-init-e2e-")
+                .is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+            if dead {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("tollgate-init-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        copy_for_everyone(Path::new(env!("CARGO_BIN_EXE_tollgate-init")), &dir)
+    })
+}
+
+/// Copies `file` into `dir`, both made 0755 (readable and executable by every UID).
+///
+/// `cp` does the copy: a write descriptor opened in this process could be inherited by a child
+/// another test thread forks at that moment, and exec'ing the copy would then fail with ETXTBSY.
+pub fn copy_for_everyone(file: &Path, dir: &Path) -> PathBuf {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join(file.file_name().unwrap());
+    let cp = Command::new("cp").arg(file).arg(&path).output().unwrap();
+    assert!(
+        cp.status.success(),
+        "cp {}: {}",
+        file.display(),
+        Run::from(cp)
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A network namespace owned by one test.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A namespace with `lo` up and the veth pair.
+    pub fn new() -> Netns {
+        let ns = Netns::bare();
+        ns.ip(&["link", "add", "tga", "type", "veth", "peer", "name", "tgb"]);
+        for (dev, v4, v6) in [("tga", V4_A, V6_A), ("tgb", V4_B, V6_B)] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        ns
+    }
+
+    /// A namespace with only `lo` up: no route to any TEST-NET address.
+    pub fn bare() -> Netns {
+        REAPED.call_once(reap_stale);
+        let name = format!(
+            "tgi-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            Run::from(out)
+        );
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args:?}: {}",
+            self.name,
+            Run::from(out)
+        );
+    }
+
+    /// `ip netns exec <ns> <program>`, to add arguments to.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `argv` in the namespace.
+    pub fn run(&self, argv: &[&str]) -> Run {
+        self.cmd(argv[0]).args(&argv[1..]).output().unwrap().into()
+    }
+
+    /// Runs `argv` in the namespace and asserts it succeeded.
+    pub fn ok(&self, argv: &[&str]) -> String {
+        let r = self.run(argv);
+        assert_eq!(r.code, 0, "{argv:?}: {r}");
+        r.stdout
+    }
+
+    /// Runs `tollgate-init <args>` in the namespace.
+    pub fn init(&self, args: &[&str]) -> Run {
+        self.cmd(binary()).args(args).output().unwrap().into()
+    }
+
+    /// Runs `tollgate-init <args>` and asserts exit 0.
+    pub fn init_ok(&self, args: &[&str]) -> Run {
+        let r = self.init(args);
+        assert_eq!(r.code, 0, "tollgate-init {args:?}: {r}");
+        r
+    }
+
+    /// The `iptables-save`-style dump of one tool (e.g. `ip6tables-legacy-save`).
+    pub fn save(&self, tool: &str) -> String {
+        self.ok(&[tool])
+    }
+
+    /// A listener on `addr`, created inside the namespace (the socket keeps it).
+    pub fn bind(&self, addr: SocketAddr) -> TcpListener {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let f = File::open(&path).unwrap();
+            setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            if addr.is_ipv6() {
+                sock.set_only_v6(true).unwrap();
+            }
+            sock.set_reuse_address(true).unwrap();
+            sock.bind(&addr.into()).unwrap();
+            sock.listen(64).unwrap();
+            TcpListener::from(sock)
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Deletes `tgi-<pid>-*` namespaces whose test process is gone (a killed earlier run).
+fn reap_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("tgi-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+/// `iptables-save` output reduced to what a change of rules would change: no comments, no
+/// counters, no declarations of empty built-in chains with an ACCEPT policy and no tables left
+/// empty by that. (iptables-nft creates a table's built-in chains on first use and nothing
+/// deletes them; an empty ACCEPT base chain changes no packet's fate.)
+pub fn normalise(save: &str) -> String {
+    let mut out = Vec::new();
+    let mut table: Vec<String> = Vec::new();
+    for line in save.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('*') {
+            table = vec![line.to_string()];
+        } else if line == "COMMIT" {
+            if table.len() > 1 {
+                out.append(&mut table);
+                out.push("COMMIT".into());
+            }
+            table.clear();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let mut w = decl.split_whitespace();
+            let (name, policy) = (w.next().unwrap_or_default(), w.next().unwrap_or_default());
+            let used = save.lines().any(|l| l.starts_with(&format!("-A {name} ")));
+            if policy != "ACCEPT" || used {
+                table.push(format!(":{name} {policy}"));
+            }
+        } else {
+            table.push(line.to_string());
+        }
+    }
+    out.join("\n")
+}
+
+/// A socket address.
+pub fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
