@@ -42,22 +42,42 @@ pub async fn serve(
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
+    let responder = move |req: &Request<Incoming>| respond(req, &metrics, &ready);
+    serve_read_only(listener, Arc::new(responder), shutdown).await;
+}
+
+/// Answers a request from shared state; it cannot change anything.
+pub type Responder = Arc<dyn Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync>;
+
+/// A plain-HTTP/1.1 server for read-only endpoints (admin, usage): non-GET requests get 405.
+pub async fn serve_read_only(
+    listener: TcpListener,
+    responder: Responder,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
+                    tracing::warn!(%error, "read-only endpoint accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
+        let responder = responder.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = respond(&req, &metrics, &ready);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let response = if req.method() == Method::GET || req.method() == Method::HEAD {
+                    responder(&req)
+                } else {
+                    text(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "read-only endpoint: GET only\n",
+                    )
+                };
                 async move { Ok::<_, Infallible>(response) }
             });
             // Errors here are a scraper hanging up; nothing to report.
@@ -87,7 +107,8 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Res
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

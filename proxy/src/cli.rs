@@ -60,6 +60,12 @@ struct RunArgs {
     /// Original-destination (capture) listener for every other redirected TCP port; repeatable.
     #[arg(long, env = "TOLLGATE_CAPTURE_LISTEN", value_delimiter = ',', default_values = ["0.0.0.0:15001", "[::]:15001"])]
     capture_listen: Vec<SocketAddr>,
+    /// Read-only usage port (the Python sidecar's): GET /api/v1/usage and /healthz.
+    #[arg(long, env = "TOLLGATE_USAGE_LISTEN", default_value = "0.0.0.0:8080")]
+    usage_listen: SocketAddr,
+    /// Where the CA files are written (overrides the policy's [intercept.tls] output_dir).
+    #[arg(long, env = "TOLLGATE_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
     /// Admin address: /metrics, /healthz, /readyz.
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
     admin_listen: SocketAddr,
@@ -147,7 +153,10 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
-    let policy = load_policy(args.policy.as_deref())?;
+    let mut policy = load_policy(args.policy.as_deref())?;
+    if let Some(dir) = &args.certs_dir {
+        policy.policy.gateway.tls.output_dir = dir.clone();
+    }
     let listeners = bind_all(&args.listen)?;
     let capture = bind_all(&args.capture_listen)?;
     let admin = bind(args.admin_listen)
@@ -166,27 +175,39 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
-    Server::new(listeners, capture, Some(admin), settings, policy)
-        .run(shutdown)
-        .await;
+    let mut server = Server::new(listeners, capture, Some(admin), settings, policy);
+    if !server.policy.policy.intercept.is_empty() {
+        let usage = bind(args.usage_listen)
+            .with_context(|| format!("cannot listen on {} (usage)", args.usage_listen))?;
+        server.usage = Some(usage);
+        server.gateway = true;
+    }
+    server.run(shutdown).await?;
     Ok(())
 }
 
 fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
-    let Some(path) = path else {
-        return Ok(LoadedPolicy {
-            policy: Policy::embedded_default(),
-            path: None,
-            text: DEFAULT_POLICY_TOML.as_bytes().to_vec(),
-        });
+    let (mut policy, text) = match path {
+        None => (
+            Policy::embedded_default(),
+            DEFAULT_POLICY_TOML.as_bytes().to_vec(),
+        ),
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let utf8 = std::str::from_utf8(&text)
+                .with_context(|| format!("{} is not UTF-8", path.display()))?;
+            (Policy::parse(utf8, &path.display().to_string())?, text)
+        }
     };
-    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let utf8 =
-        std::str::from_utf8(&text).with_context(|| format!("{} is not UTF-8", path.display()))?;
-    let policy = Policy::parse(utf8, &path.display().to_string())?;
+    // The Python sidecar's environment (MAX_COST_USD, ...) overrides the file, on every load.
+    policy.apply_process_env()?;
+    for warning in policy.warnings() {
+        tracing::warn!(%warning, "policy");
+    }
     Ok(LoadedPolicy {
         policy,
-        path: Some(path.to_owned()),
+        path: path.map(Path::to_owned),
         text,
     })
 }

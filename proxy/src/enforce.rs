@@ -24,7 +24,12 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal without Retry-After.
     pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status, reason, message: message.into(), retry_after: None }
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// The response: `{"error":{"code":N,"message":"...","metadata":{"tollgate_reason":"..."}}}`.
@@ -39,7 +44,10 @@ impl Refusal {
         let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -50,10 +58,12 @@ impl Refusal {
 /// `Host` (HTTP/1.1) or `:authority` (HTTP/2) must name the host the TLS session was for:
 /// otherwise one connection could reach hosts the SNI decision never saw.
 pub fn check_authority(uri: &Uri, headers: &HeaderMap, sni: &str) -> Result<(), Refusal> {
-    let authority = uri
-        .authority()
-        .map(|a| a.host().to_owned())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(strip_port));
+    let authority = uri.authority().map(|a| a.host().to_owned()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(strip_port)
+    });
     let host = authority.and_then(|a| tollgate_policy::normalize_host(&a).ok());
     match host {
         Some(host) if host == sni => Ok(()),
@@ -75,7 +85,11 @@ fn strip_port(host: &str) -> String {
 }
 
 /// The endpoint this method and path name, if the policy enables it.
-pub fn endpoint(method: &Method, path: &str, settings: &GatewaySettings) -> Result<Endpoint, Refusal> {
+pub fn endpoint(
+    method: &Method,
+    path: &str,
+    settings: &GatewaySettings,
+) -> Result<Endpoint, Refusal> {
     match Endpoint::from_request(method.as_str(), path) {
         Some(e) if settings.endpoints.contains(e) => Ok(e),
         _ => Err(Refusal::new(
@@ -96,23 +110,43 @@ pub fn authorize(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
-        return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing Authorization: Bearer token"));
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "missing Authorization: Bearer token",
+        ));
     };
     if let Some(pin) = settings.auth.api_key_sha256 {
         let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         // Compared without early exit: timing must not tell how much of the digest matched.
-        let diff = digest.as_ref().iter().zip(pin.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = digest
+            .as_ref()
+            .iter()
+            .zip(pin.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
-            return Err(Refusal::new(StatusCode::FORBIDDEN, "api-key", "this API key is not the one this run may use"));
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                "api-key",
+                "this API key is not the one this run may use",
+            ));
         }
     }
     let key = injected.unwrap_or(token);
-    HeaderValue::from_str(&format!("Bearer {key}"))
-        .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "bad-request", "malformed Authorization header"))
+    HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "malformed Authorization header",
+        )
+    })
 }
 
 /// A request body the policy accepted, ready to be priced and forwarded.
@@ -132,11 +166,24 @@ pub struct Admitted {
 
 /// Parses and rewrites a request body: JSON object only, allowlisted fields only, every
 /// model-selecting field checked, the agent's `provider` replaced by the policy's.
-pub fn admit_body(endpoint: Endpoint, bytes: &[u8], settings: &GatewaySettings) -> Result<Admitted, Refusal> {
-    let parsed: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "bad-json", format!("request body is not valid JSON: {e}")))?;
+pub fn admit_body(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    settings: &GatewaySettings,
+) -> Result<Admitted, Refusal> {
+    let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad-json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
     let Value::Object(object) = parsed else {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "bad-json", "request body must be a JSON object"));
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad-json",
+            "request body must be a JSON object",
+        ));
     };
     let mut body = Map::with_capacity(object.len() + 1);
     let mut dropped = Vec::new();
@@ -148,16 +195,28 @@ pub fn admit_body(endpoint: Endpoint, bytes: &[u8], settings: &GatewaySettings) 
         }
     }
     let models = models_of(&body)?;
-    settings.models.check_all(models.iter().map(String::as_str)).map_err(|denied| {
-        Refusal::new(StatusCode::FORBIDDEN, denied.reason(), format!("{denied}"))
-    })?;
+    settings
+        .models
+        .check_all(models.iter().map(String::as_str))
+        .map_err(|denied| {
+            Refusal::new(StatusCode::FORBIDDEN, denied.reason(), format!("{denied}"))
+        })?;
     let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
     if endpoint != Endpoint::Embeddings || !settings.provider.order.is_empty() {
-        body.insert("provider".into(), provider_object(&settings.provider.for_model(&models[0])));
+        body.insert(
+            "provider".into(),
+            provider_object(&settings.provider.for_model(&models[0])),
+        );
     } else {
         body.insert("provider".into(), json!({ "zdr": ProviderPrefs::ZDR }));
     }
-    Ok(Admitted { endpoint, body, models, stream, dropped })
+    Ok(Admitted {
+        endpoint,
+        body,
+        models,
+        stream,
+        dropped,
+    })
 }
 
 /// `model` and each `models` entry, in that order; at least one is required (an unnamed model
@@ -185,7 +244,11 @@ fn models_of(body: &Map<String, Value>) -> Result<Vec<String>, Refusal> {
         Some(_) => return Err(bad("`models` must be an array of strings")),
     }
     if models.is_empty() {
-        return Err(Refusal::new(StatusCode::FORBIDDEN, "no-model", "the request must name a model"));
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "no-model",
+            "the request must name a model",
+        ));
     }
     Ok(models)
 }
@@ -201,8 +264,13 @@ fn provider_object(prefs: &ProviderPrefs) -> Value {
 }
 
 /// Request headers forwarded upstream; everything else the agent sent is dropped.
-pub const FORWARDED_HEADERS: [&str; 5] =
-    ["content-type", "accept", "http-referer", "x-title", "x-openrouter-title"];
+pub const FORWARDED_HEADERS: [&str; 5] = [
+    "content-type",
+    "accept",
+    "http-referer",
+    "x-title",
+    "x-openrouter-title",
+];
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,13 @@
 //! so the router still writes the connection's one log line.
 
 pub mod ca;
+pub mod exchange;
+pub mod gateway;
+pub mod pricing;
 pub mod replay;
+pub mod settle;
+pub mod usage_api;
+pub mod workspace;
 
 use std::net::SocketAddr;
 

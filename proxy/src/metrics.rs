@@ -23,7 +23,9 @@ pub const HELLO_FAILURES: [&str; 10] = [
 ];
 
 /// Buckets for LLM latencies: from a cached answer to a long reasoning stream.
-const LLM_BUCKETS: [f64; 12] = [0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0];
+const LLM_BUCKETS: [f64; 12] = [
+    0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
+];
 
 /// Label value for anything the policy does not name.
 pub const OTHER: &str = "other";

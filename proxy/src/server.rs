@@ -14,7 +14,8 @@ use tollgate_policy::Policy;
 use crate::accept::{self, Limits};
 use crate::admin::{self, Readiness};
 use crate::connection::{Context, Listener};
-use crate::intercept::{Interceptor, Unavailable};
+use crate::intercept::gateway::{Gateway, StartError};
+use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Netfilter, OrigDst};
 use crate::phase;
@@ -51,6 +52,10 @@ pub struct Server {
     pub capture: Vec<TcpListener>,
     /// The admin listener (`:15090`), if any.
     pub admin: Option<TcpListener>,
+    /// The usage listener (`:8080`), if any; served only when the gateway runs.
+    pub usage: Option<TcpListener>,
+    /// Start the LLM gateway for the policy's intercepted hosts (else they are refused).
+    pub gateway: bool,
     /// Process-wide settings.
     pub settings: Settings,
     /// The starting policy.
@@ -78,6 +83,8 @@ impl Server {
             listeners,
             capture,
             admin,
+            usage: None,
+            gateway: false,
             settings,
             policy,
             resolver: Arc::new(SystemResolver),
@@ -87,17 +94,20 @@ impl Server {
         }
     }
 
-    /// Runs until `shutdown` fires and every connection has drained (or been cut).
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` fires and every connection has drained (or been cut). Fails only
+    /// at start, when the gateway cannot be built (a configuration error).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let Server {
             listeners,
             capture,
             admin,
+            usage,
+            gateway,
             settings,
             policy,
             resolver,
             orig_dst,
-            interceptor,
+            mut interceptor,
             metrics,
         } = self;
         let sources = settings.phase_sources.clone();
@@ -125,6 +135,21 @@ impl Server {
             ));
         }
 
+        // The gateway writes the CA files before readiness can turn on.
+        let mut running = None;
+        if gateway && !current.load().intercept.is_empty() {
+            let (built, state, bg) = Gateway::start(current.clone(), &metrics, &background)?;
+            interceptor = Arc::new(built);
+            running = Some(bg);
+            if let Some(usage_listener) = usage {
+                log_listening("usage", &usage_listener);
+                tokio::spawn(usage_api::serve(
+                    usage_listener,
+                    state.ledger.clone(),
+                    background.clone(),
+                ));
+            }
+        }
         let ready = Arc::new(Readiness::default());
         let mut own_ports = Vec::new();
         if let Some(admin_listener) = admin {
@@ -158,7 +183,11 @@ impl Server {
         accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
         ready.set(false);
         background.cancel();
+        if let Some(running) = running {
+            running.stop();
+        }
         tracing::info!("stopped");
+        Ok(())
     }
 }
 

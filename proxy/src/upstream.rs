@@ -56,7 +56,10 @@ pub fn client(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra_ca {
-        let err = |reason: String| BuildError::ExtraCa { path: path.display().to_string(), reason };
+        let err = |reason: String| BuildError::ExtraCa {
+            path: path.display().to_string(),
+            reason,
+        };
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| err(e.to_string()))?
             .collect::<Result<Vec<_>, _>>()
@@ -72,7 +75,10 @@ pub fn client(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new_with_resolver(PinnedResolver { policy, system: SystemResolver });
+    let mut http = HttpConnector::new_with_resolver(PinnedResolver {
+        policy,
+        system: SystemResolver,
+    });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -115,12 +121,16 @@ impl tower_service::Service<Name> for PinnedResolver {
                 None => system.resolve(&host, 0).await?,
             };
             let allowed = rule.map_or(&[][..], |r| r.allow_ranges.as_slice());
-            let permitted: Vec<SocketAddr> =
-                addrs.into_iter().filter(|a| address::permitted(a.ip(), allowed)).collect();
+            let permitted: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| address::permitted(a.ip(), allowed))
+                .collect();
             if permitted.is_empty() {
                 return Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
-                    format!("{host} resolves only to non-public addresses the policy does not allow"),
+                    format!(
+                        "{host} resolves only to non-public addresses the policy does not allow"
+                    ),
                 ));
             }
             Ok(permitted.into_iter())

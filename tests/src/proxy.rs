@@ -232,6 +232,22 @@ impl ProxyBuilder {
         cmd.arg("--labels-file").arg(&labels_file);
         cmd.arg("--unlock-file").arg(&unlock_file);
         cmd.arg("--log-format").arg("json");
+        // The gateway (for policies that intercept) has its own fixed-port listener and state
+        // directories: give each proxy its own, unless the test chose them.
+        let chose = |flag: &str| self.extra.iter().any(|a| a.to_string_lossy() == flag);
+        if !chose("--usage-listen") && supports_flag("--usage-listen") {
+            cmd.arg("--usage-listen").arg("127.0.0.1:0");
+        }
+        if !chose("--certs-dir") && supports_flag("--certs-dir") {
+            cmd.arg("--certs-dir").arg(dir.path().join("certs"));
+        }
+        if !self
+            .envs
+            .iter()
+            .any(|(k, _)| k.to_string_lossy() == "PROXY_DATA_DIR")
+        {
+            cmd.env("PROXY_DATA_DIR", dir.path().join("data"));
+        }
         cmd.args(&self.extra);
         // The test runner's own environment must not configure the proxy behind our back.
         for (k, _) in std::env::vars_os() {

@@ -345,23 +345,37 @@ async fn labels_file_phase_beats_unlock_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn intercept_host_closes_as_intercept_unavailable() {
+async fn intercept_host_is_terminated_with_the_pod_ca_not_tunnelled() {
+    // The gateway terminates TLS for intercepted hosts with the per-Pod CA: a client that trusts
+    // only the real (here: the test) CA fails the handshake, and nothing reaches an upstream.
     let lb = Loopback::new().await.unwrap();
     let proxy = lb.proxy(&lb.policy()).await.unwrap();
-    let log = lb.assert_rejected(&proxy, "openrouter.ai").await.unwrap();
+    let before = lb.server.stats().connections();
+    let tcp = tokio::net::TcpStream::connect(proxy.sni_addr())
+        .await
+        .unwrap();
+    let peer = tcp.local_addr().unwrap();
+    let handshake =
+        tollgate_tests::clients::tls_handshake(tcp, "openrouter.ai", lb.h1.clone()).await;
+    assert!(
+        handshake.is_err(),
+        "the per-Pod CA must not be trusted by this client"
+    );
+    let log = proxy.wait_for_peer(peer, SETTLE).await.unwrap();
     assert_fields(
         &log,
         &[
             ("sni", "openrouter.ai"),
             ("route", "intercept"),
-            ("reason", "intercept-unavailable"),
+            ("reason", "tls-handshake-failed"),
         ],
     );
+    assert_eq!(lb.server.stats().connections(), before);
     assert_eq!(
         proxy
             .metric(
                 CONN,
-                &[("route", "intercept"), ("reason", "intercept-unavailable")]
+                &[("route", "intercept"), ("reason", "tls-handshake-failed")]
             )
             .await
             .unwrap(),

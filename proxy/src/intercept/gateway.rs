@@ -1,0 +1,338 @@
+//! The LLM gateway: terminates TLS for intercepted hosts with the per-Pod CA and serves each
+//! HTTP request through [`exchange`](super::exchange) (enforce → upstream → spend).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::crypto::CryptoProvider;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tollgate_policy::{KeySource, Policy, Price};
+
+use super::ca::{Authority, CaError, LeafResolver};
+use super::replay::Replay;
+use super::{Intercepted, Interceptor, Outcome, exchange, pricing, workspace};
+use crate::metrics::Metrics;
+use crate::spend::metrics::SpendMetrics;
+use crate::spend::price::{ModelEntry, ModelLimits};
+use crate::spend::{
+    EstimateConfig, Ledger, LedgerConfig, Micros, ModelPrice, PriceTable, UnitPrice,
+};
+use crate::tunnel::BoxFuture;
+use crate::upstream::{self, HttpsClient};
+
+/// A TLS handshake that takes longer than this is cut (the hello already arrived).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the ledger's files are synced and the usage file rewritten.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the gateway could not start; each is a configuration error (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CA could not be generated or loaded.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The CA outputs could not be written.
+    #[error("cannot write the CA files to {dir}: {source}")]
+    Outputs {
+        /// The output directory.
+        dir: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A secret the policy names could not be read.
+    #[error("cannot read the {what} from {source_name}: {reason}")]
+    Secret {
+        /// Which secret.
+        what: &'static str,
+        /// Where it was to come from (never the value).
+        source_name: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] upstream::BuildError),
+    /// The ledger could not be opened (unreadable journal, locked data dir).
+    #[error("cannot open the spend ledger: {0}")]
+    Ledger(#[from] crate::spend::ledger::LedgerError),
+    /// TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Registering the spend metrics failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Shared by every intercepted request.
+pub struct State {
+    /// The current policy (hot-reloaded; per-request settings are read from it).
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The pooled upstream client.
+    pub client: HttpsClient,
+    /// The budget ledger.
+    pub ledger: Arc<Ledger>,
+    /// Model prices: the policy's table plus the upstream's list, swapped on each refresh.
+    pub prices: ArcSwap<PriceTable>,
+    /// The workspace privacy check's latest result.
+    pub workspace: workspace::Status,
+    /// Requests per second per intercepted host.
+    pub limiter: DefaultKeyedRateLimiter<String>,
+    /// Concurrent upstream requests.
+    pub concurrency: Arc<Semaphore>,
+    /// The key injected in place of the agent's, when the policy says so.
+    pub injected_key: Option<String>,
+    /// Bounds for the worst-case estimate.
+    pub estimate: EstimateConfig,
+    /// The metrics catalog.
+    pub metrics: Metrics,
+    /// The spend stage's series (labels the spend with policy-named models).
+    pub spend_metrics: SpendMetrics,
+}
+
+/// The interceptor plugged into the router's seam.
+pub struct Gateway {
+    tls: TlsAcceptor,
+    state: Arc<State>,
+}
+
+/// Background work the gateway started; stop it at shutdown.
+pub struct Running {
+    flusher: crate::spend::ledger::Flusher,
+}
+
+impl Running {
+    /// Syncs the ledger and writes the usage file one last time.
+    pub fn stop(self) {
+        if let Err(error) = self.flusher.stop() {
+            tracing::error!(%error, "final ledger flush failed");
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway from the policy: CA (written out before this returns, so readiness
+    /// can follow), secrets, upstream client, ledger (restored from its journal), prices; and
+    /// starts the price refresh and workspace check in the background.
+    pub fn start(
+        policy: Arc<ArcSwap<Policy>>,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(Gateway, Arc<State>, Running), StartError> {
+        let snapshot = policy.load_full();
+        let g = &snapshot.gateway;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca = Arc::new(match &g.tls.ca {
+            Some(files) => Authority::load(&files.cert, &files.key, provider.clone())?,
+            None => Authority::generate(provider.clone())?,
+        });
+        ca.write_outputs(&g.tls.output_dir, &g.tls.system_roots)
+            .map_err(|source| StartError::Outputs {
+                dir: g.tls.output_dir.display().to_string(),
+                source,
+            })?;
+        let tls = server_config(provider.clone(), ca)?;
+        let injected_key = g
+            .auth
+            .inject
+            .as_ref()
+            .map(|s| read_secret("injected API key", s))
+            .transpose()?;
+        let client = upstream::client(
+            provider,
+            g.extra_ca_file.as_deref(),
+            policy.clone(),
+            g.connect_timeout,
+        )?;
+
+        let named_policy = policy.clone();
+        let spend_metrics = SpendMetrics::new(Arc::new(move |model: &str| {
+            named(&named_policy.load(), model)
+        }));
+        spend_metrics.register(metrics.registry())?;
+        let mut config = LedgerConfig::new(
+            Micros(g.budget.limit_micros()),
+            g.budget.evaluation_run_id.clone(),
+        );
+        config.data_dir = Some(g.budget.data_dir.clone());
+        config.metrics = Some(spend_metrics.clone());
+        let (ledger, recovery) = Ledger::open(config)?;
+        tracing::info!(
+            settled_usd = %recovery.settled,
+            recovered_reservations = recovery.recovered.len(),
+            torn_tail = recovery.torn_tail,
+            data_dir = %g.budget.data_dir.display(),
+            "spend ledger restored"
+        );
+        let ledger = Arc::new(ledger);
+        let flusher = ledger.spawn_flusher(FLUSH_EVERY).map_err(|e| {
+            StartError::Ledger(crate::spend::ledger::LedgerError::Io {
+                path: g.budget.data_dir.clone(),
+                source: e,
+            })
+        })?;
+
+        let state = Arc::new(State {
+            prices: ArcSwap::from_pointee(policy_prices(&snapshot)),
+            policy: policy.clone(),
+            client,
+            ledger,
+            workspace: workspace::Status::default(),
+            limiter: RateLimiter::keyed(
+                Quota::per_second(g.limits.requests_per_second).allow_burst(g.limits.burst),
+            ),
+            concurrency: Arc::new(Semaphore::new(nonzero(g.limits.max_concurrent))),
+            injected_key,
+            estimate: EstimateConfig {
+                min_completion_tokens: u64::from(g.budget.min_completion_tokens),
+                ..EstimateConfig::default()
+            },
+            metrics: metrics.clone(),
+            spend_metrics,
+        });
+        tokio::spawn(pricing::refresh(state.clone(), shutdown.clone()));
+        tokio::spawn(workspace::poll(state.clone(), shutdown.clone()));
+        let gateway = Gateway {
+            tls: TlsAcceptor::from(tls),
+            state: state.clone(),
+        };
+        Ok((gateway, state, Running { flusher }))
+    }
+}
+
+fn server_config(
+    provider: Arc<CryptoProvider>,
+    ca: Arc<Authority>,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(LeafResolver(ca)));
+    // Node's undici and httpx may speak h2; everything speaks http/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn nonzero(n: NonZeroU32) -> usize {
+    usize::try_from(n.get()).unwrap_or(usize::MAX)
+}
+
+/// Reads a secret from where the policy says it is; the value never reaches a log line.
+pub fn read_secret(what: &'static str, source: &KeySource) -> Result<String, StartError> {
+    let err = |reason: String| StartError::Secret {
+        what,
+        source_name: source.to_string(),
+        reason,
+    };
+    let value = match source {
+        KeySource::Env(name) => std::env::var(name).map_err(|_| err("not set".into()))?,
+        KeySource::File(path) => read_file(path).map_err(|e| err(e.to_string()))?,
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(err("empty".into()));
+    }
+    Ok(value)
+}
+
+fn read_file(path: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
+/// Whether the policy names `model` (so it may be a metric label).
+fn named(policy: &Policy, model: &str) -> bool {
+    let g = &policy.gateway;
+    g.pricing.models.contains_key(model)
+        || g.models
+            .allow
+            .iter()
+            .chain(g.models.deny.iter())
+            .any(|p| p.is_exact() && p.matches(model))
+}
+
+/// The policy's own prices (and fallback) as a price table; the upstream list is merged in by
+/// the refresh task.
+pub fn policy_prices(policy: &Policy) -> PriceTable {
+    let p = &policy.gateway.pricing;
+    let entries: HashMap<String, ModelEntry> = p
+        .models
+        .iter()
+        .map(|(model, price)| {
+            (
+                model.clone(),
+                ModelEntry {
+                    price: model_price(price),
+                    limits: ModelLimits::default(),
+                },
+            )
+        })
+        .collect();
+    PriceTable::new(entries, p.fallback.as_ref().map(model_price))
+}
+
+fn model_price(p: &Price) -> ModelPrice {
+    ModelPrice {
+        prompt: UnitPrice(p.prompt),
+        completion: UnitPrice(p.completion),
+        request: UnitPrice(p.request),
+        image: UnitPrice(p.image),
+        reasoning: Some(UnitPrice(p.reasoning)),
+    }
+}
+
+impl Interceptor for Gateway {
+    fn handle(&self, conn: Intercepted, stop: CancellationToken) -> BoxFuture<'static, Outcome> {
+        let acceptor = self.tls.clone();
+        let state = self.state.clone();
+        Box::pin(async move {
+            let io = Replay::new(conn.replay, conn.stream);
+            let counts = io.counts();
+            let outcome = |reason| {
+                let (bytes_up, bytes_down) = counts.get();
+                Outcome {
+                    reason,
+                    bytes_up,
+                    bytes_down,
+                }
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, sni = %conn.hello.sni, "TLS handshake failed");
+                    return outcome("tls-handshake-failed");
+                }
+                Err(_) => return outcome("tls-handshake-timeout"),
+            };
+            let sni: Arc<str> = Arc::from(conn.hello.sni.as_str());
+            let service = service_fn(move |req| {
+                let (state, sni) = (state.clone(), sni.clone());
+                async move { Ok::<_, std::convert::Infallible>(exchange::serve(state, sni, req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            match served {
+                Ok(()) => outcome("intercepted"),
+                Err(error) => {
+                    tracing::debug!(%error, "intercepted connection ended with an error");
+                    outcome("intercepted")
+                }
+            }
+        })
+    }
+}
