@@ -3,8 +3,9 @@
 //! Layout (a connection passes through these stages, top to bottom):
 //!
 //! ```text
-//! accept → orig_dst → client_hello → route → { tunnel | intercept | reject }
+//! accept → orig_dst → client_hello → route → { tunnel | intercept → enforce → upstream → spend | reject }
 //!            ^ phase, reload feed route the current phase and policy; metrics and admin observe
+//! capture listener: accept → orig_dst → route (by destination) → { tunnel to it | reject }
 //! ```
 //!
 //! - [`accept`]: listeners, the connection limit, graceful drain; runs one [`connection`] per socket.
@@ -12,7 +13,11 @@
 //! - [`client_hello`]: reassembles and parses the TLS ClientHello (SNI, ALPN), fail closed.
 //! - [`route`]: the pure decision `(sni, orig_dst, phase, policy) → Decision`.
 //! - [`tunnel`]: resolve, filter and dial the SNI host; replay the hello; copy both ways.
-//! - [`intercept`]: the seam the TLS-terminating LLM gateway plugs into.
+//! - [`intercept`]: the seam, and the LLM gateway behind it: per-Pod CA, TLS termination, one
+//!   HTTP exchange per request (`intercept::exchange`, `intercept::settle`).
+//! - [`enforce`]: the request policy (endpoint, credentials, fields, models, providers).
+//! - [`upstream`]: the pooled TLS client to the real API, honouring the policy's pins.
+//! - [`spend`]: prices, the worst-case estimate, the budget ledger and its journal.
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
 //! - [`reload`]: watches the policy file and swaps in each good version.
 //! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
