@@ -3,6 +3,10 @@
 //! Labels stay bounded: routes and reasons are static strings, and a host appears only as the
 //! policy pattern that matched it (never the raw SNI the agent sent).
 
+pub mod spend;
+
+pub use spend::SpendMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,

@@ -38,7 +38,8 @@
 pub mod estimate;
 pub mod journal;
 pub mod ledger;
-pub mod metrics;
+/// The spend series live in the metrics catalog; re-exported under the old path.
+pub use crate::metrics::spend as metrics;
 pub mod money;
 pub mod price;
 pub mod report;

@@ -1,14 +1,14 @@
-//! The series the spend stage owns, declared in one place so they can join the catalog in
-//! `crate::metrics` as a block. Model labels are bounded: a model the policy does not name is
+//! The spend stage's series, part of the one catalog in `crate::metrics` (kept as a block
+//! because the ledger updates them from exact integer state). Model labels are bounded: a model the policy does not name is
 //! counted as `other`.
 
 use std::sync::Arc;
 
 use prometheus::{CounterVec, Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
-use super::ledger::SettlementSource;
-use super::money::Micros;
 use crate::metrics::OTHER;
+use crate::spend::ledger::SettlementSource;
+use crate::spend::money::Micros;
 
 /// Decides whether a model may appear as a label (the policy names it).
 pub type ModelNamed = Arc<dyn Fn(&str) -> bool + Send + Sync>;
