@@ -74,6 +74,7 @@ fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metric
         });
     match parsed {
         Ok(policy) => {
+            warn_start_only(&current.load().gateway, &policy.gateway);
             let summary = policy.summary();
             current.store(Arc::new(policy));
             metrics.policy_reloads.with_label_values(&["ok"]).inc();
@@ -83,6 +84,27 @@ fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metric
             metrics.policy_reloads.with_label_values(&["error"]).inc();
             tracing::error!(policy = %origin, %error, "policy reload failed; keeping the last good policy");
         }
+    }
+}
+
+/// Settings the gateway reads once, at start: a reload that changes them says so instead of
+/// pretending to apply them.
+fn warn_start_only(old: &tollgate_policy::GatewaySettings, new: &tollgate_policy::GatewaySettings) {
+    let changed: Vec<&str> = [
+        ("intercept.budget.max_cost_usd", old.budget.max_cost_micros != new.budget.max_cost_micros),
+        ("intercept.budget.data_dir", old.budget.data_dir != new.budget.data_dir),
+        ("intercept.budget.evaluation_run_id", old.budget.evaluation_run_id != new.budget.evaluation_run_id),
+        ("intercept.tls", old.tls != new.tls),
+        ("intercept.auth.inject", old.auth.inject != new.auth.inject),
+        ("intercept.limits", old.limits != new.limits),
+        ("intercept.extra_ca_file", old.extra_ca_file != new.extra_ca_file),
+        ("intercept.connect_timeout", old.connect_timeout != new.connect_timeout),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !changed.is_empty() {
+        tracing::warn!(keys = ?changed, "these policy keys take effect at the next restart");
     }
 }
 
