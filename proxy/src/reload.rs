@@ -91,14 +91,29 @@ fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metric
 /// pretending to apply them.
 fn warn_start_only(old: &tollgate_policy::GatewaySettings, new: &tollgate_policy::GatewaySettings) {
     let changed: Vec<&str> = [
-        ("intercept.budget.max_cost_usd", old.budget.max_cost_micros != new.budget.max_cost_micros),
-        ("intercept.budget.data_dir", old.budget.data_dir != new.budget.data_dir),
-        ("intercept.budget.evaluation_run_id", old.budget.evaluation_run_id != new.budget.evaluation_run_id),
+        (
+            "intercept.budget.max_cost_usd",
+            old.budget.max_cost_micros != new.budget.max_cost_micros,
+        ),
+        (
+            "intercept.budget.data_dir",
+            old.budget.data_dir != new.budget.data_dir,
+        ),
+        (
+            "intercept.budget.evaluation_run_id",
+            old.budget.evaluation_run_id != new.budget.evaluation_run_id,
+        ),
         ("intercept.tls", old.tls != new.tls),
         ("intercept.auth.inject", old.auth.inject != new.auth.inject),
         ("intercept.limits", old.limits != new.limits),
-        ("intercept.extra_ca_file", old.extra_ca_file != new.extra_ca_file),
-        ("intercept.connect_timeout", old.connect_timeout != new.connect_timeout),
+        (
+            "intercept.extra_ca_file",
+            old.extra_ca_file != new.extra_ca_file,
+        ),
+        (
+            "intercept.connect_timeout",
+            old.connect_timeout != new.connect_timeout,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

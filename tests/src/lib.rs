@@ -10,8 +10,14 @@
 //!   scrapes `/metrics`, signals it, kills it on drop (printing its log if the test failed).
 //! - [`scrape`]: raw HTTP responses and Prometheus text, as read from the admin port.
 //! - [`clients`]: rustls + hyper client, curl runner, raw TCP client (send, drip, read to close).
+//! - [`llm_client`]: an agent's view of an LLM API: hyper over rustls (h1/h2, streaming bodies,
+//!   hang up mid-stream) and curl POSTs (collected, or read line by line with `-N`).
 //! - [`hello`]: ClientHello bytes: a real one from rustls, or hand-made (odd SNI, padded, fragmented).
+//! - [`fake_openrouter`]: the LLM gateway's upstream: OpenRouter's API shapes over TLS (its own
+//!   CA), every request recorded, answers scripted per test (JSON, SSE, errors, cuts, lookups).
 //! - [`fixture`]: the usual loopback world: CA, upstream, client configs, the standard policy.
+//! - [`gateway`]: the LLM gateway's world: the fake OpenRouter, a policy aiming `openrouter.ai`
+//!   at it, the proxy's CA/spend directories, clients trusting the per-Pod CA, the usage files.
 //! - [`netns`]: root-only network namespaces with TEST-NET addresses on a veth pair; removed on drop.
 //!
 //! Tests never use fixed ports on the host and never send traffic anywhere but loopback or
@@ -21,8 +27,11 @@
 #![allow(clippy::unwrap_used)] // test support: a poisoned lock or a broken invariant should just panic
 
 pub mod clients;
+pub mod fake_openrouter;
 pub mod fixture;
+pub mod gateway;
 pub mod hello;
+pub mod llm_client;
 pub mod netns;
 pub mod pki;
 pub mod policy;

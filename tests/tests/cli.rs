@@ -161,10 +161,19 @@ async fn admin_endpoints_answer() {
 async fn embedded_default_policy_intercepts_openrouter_and_rejects_the_rest() {
     let lb = Loopback::new().await.unwrap();
     let proxy = Proxy::builder().start().await.unwrap();
-    let log = lb.assert_rejected(&proxy, "openrouter.ai").await.unwrap();
+    // openrouter.ai is terminated by the gateway with the per-Pod CA, which this client does
+    // not trust: the handshake fails, and the connection is logged as intercepted.
+    let tcp = tokio::net::TcpStream::connect(proxy.sni_addr())
+        .await
+        .unwrap();
+    let peer = tcp.local_addr().unwrap();
+    let handshake =
+        tollgate_tests::clients::tls_handshake(tcp, "openrouter.ai", lb.h1.clone()).await;
+    assert!(handshake.is_err(), "the per-Pod CA is not this client's");
+    let log = proxy.wait_for_peer(peer, SETTLE).await.unwrap();
     assert_eq!(
         (log["route"].as_str(), log["reason"].as_str()),
-        (Some("intercept"), Some("intercept-unavailable")),
+        (Some("intercept"), Some("tls-handshake-failed")),
         "{log}"
     );
     let log = lb.assert_rejected(&proxy, "allowed.test").await.unwrap();

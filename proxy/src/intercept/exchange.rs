@@ -18,6 +18,9 @@ use crate::enforce::{self, FORWARDED_HEADERS, Refusal};
 use crate::spend::estimate::{self, OutputField, RequestShape};
 use crate::spend::{EstimateError, Ledger, RequestMeta, ReserveError};
 
+/// How long a request waits for a concurrency slot before it is refused.
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves one request; refusals become OpenRouter-shaped errors, counted and logged.
 pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
@@ -62,15 +65,20 @@ async fn admit(
     let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
     state.workspace.check(g)?;
     rate_limit(state, sni)?;
-    let permit = state.concurrency.clone().try_acquire_owned().map_err(|_| {
-        let mut r = Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "concurrency",
-            "too many concurrent requests",
-        );
-        r.retry_after = Some(1);
-        r
-    })?;
+    // Requests beyond the cap wait for a slot, for a bounded time.
+    let slot = tokio::time::timeout(QUEUE_WAIT, state.concurrency.clone().acquire_owned()).await;
+    let permit = match slot {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            let mut r = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency",
+                "too many concurrent requests; no slot freed in time",
+            );
+            r.retry_after = Some(1);
+            return Err(r);
+        }
+    };
 
     let (parts, body) = req.into_parts();
     let path_and_query = parts

@@ -222,7 +222,7 @@ impl Pump {
     async fn run(
         self,
         mut body: Incoming,
-        tx: mpsc::Sender<Bytes>,
+        tx: mpsc::Sender<Chunk>,
         reservation: Reservation,
         m: Metered,
         sent: Instant,
@@ -230,24 +230,37 @@ impl Pump {
         let mut parser = SseParser::new();
         let mut note = None;
         loop {
-            match tokio::time::timeout(self.read_timeout, body.frame()).await {
+            let next = tokio::select! {
+                // A client that hangs up while the upstream is silent is noticed at once.
+                _ = tx.closed() => {
+                    note = Some("client disconnected mid-stream".to_owned());
+                    break;
+                }
+                next = tokio::time::timeout(self.read_timeout, body.frame()) => next,
+            };
+            match next {
                 Ok(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     parser.feed(&data);
-                    if tx.send(data).await.is_err() {
+                    if tx.send(Ok(data)).await.is_err() {
                         note = Some("client disconnected mid-stream".to_owned());
                         break;
                     }
                 }
                 Ok(None) => break,
                 Ok(Some(Err(error))) => {
-                    note = Some(format!("upstream stream failed: {error}"));
+                    let message = format!("upstream stream failed: {error}");
+                    // Pass the break on: a clean end would pass a truncated answer off as whole.
+                    let _ = tx.send(Err(std::io::Error::other(message.clone()))).await;
+                    note = Some(message);
                     break;
                 }
                 Err(_) => {
-                    note = Some("upstream stream stalled past the read timeout".to_owned());
+                    let message = "upstream stream stalled past the read timeout".to_owned();
+                    let _ = tx.send(Err(std::io::Error::other(message.clone()))).await;
+                    note = Some(message);
                     break;
                 }
             }
@@ -434,10 +447,13 @@ fn upstream_failure(status: StatusCode, message: &str) -> Response<Body> {
     full(Refusal::new(status, "upstream", message).response())
 }
 
-/// A response body fed chunk by chunk from the pump; dropping it (the client left) makes the
-/// pump's next send fail.
+/// One chunk of a streamed response, or the error that broke the upstream stream.
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// A response body fed chunk by chunk from the pump; dropping it (the client left) closes the
+/// pump's channel. An error chunk aborts the response (no clean end for a broken stream).
 struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Chunk>,
 }
 
 impl hyper::body::Body for ChannelBody {
@@ -450,7 +466,7 @@ impl hyper::body::Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.rx
             .poll_recv(cx)
-            .map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
+            .map(|chunk| chunk.map(|data| data.map(Frame::data)))
     }
 
     fn size_hint(&self) -> SizeHint {
