@@ -106,6 +106,44 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Nothing was forwarded because the dial failed: a reject, for the reason the dial gives.
+    fn dial_failed(
+        listener: Listener,
+        phase: Phase,
+        sni: Option<String>,
+        decision: Decision,
+        error: &tunnel::DialError,
+    ) -> Self {
+        let decision = Decision {
+            route: Route::Reject,
+            reason: error.reason(),
+            ..decision
+        };
+        let mut outcome = Outcome::rejected(listener, phase, sni, decision, 0);
+        outcome.error = Some(error.to_string());
+        outcome
+    }
+
+    /// A tunnel that ran: its decision stands, with what it carried and how it ended.
+    fn spliced(
+        listener: Listener,
+        phase: Phase,
+        sni: Option<String>,
+        decision: Decision,
+        transfer: tunnel::Transfer,
+    ) -> Self {
+        Self {
+            listener,
+            sni,
+            phase,
+            decision,
+            bytes_up: transfer.up,
+            bytes_down: transfer.down,
+            end: transfer.end,
+            error: None,
+        }
+    }
+
     fn rejected(
         listener: Listener,
         phase: Phase,
@@ -251,36 +289,12 @@ async fn tunnel(
     {
         Ok(upstream) => upstream,
         Err(error) => {
-            // Nothing was forwarded: the connection is a reject, for the reason the dial gives.
-            let decision = Decision {
-                route: Route::Reject,
-                reason: error.reason(),
-                ..decision
-            };
-            let mut outcome = Outcome::rejected(Listener::Sni, phase, Some(hello.sni), decision, 0);
-            outcome.error = Some(error.to_string());
-            return outcome;
+            return Outcome::dial_failed(Listener::Sni, phase, Some(hello.sni), decision, &error);
         }
     };
-    let transfer = tunnel::splice(
-        stream,
-        upstream,
-        &raw,
-        policy.tunnel.idle_timeout,
-        stop,
-        &ctx.counters,
-    )
-    .await;
-    Outcome {
-        listener: Listener::Sni,
-        sni: Some(hello.sni),
-        phase,
-        decision,
-        bytes_up: transfer.up,
-        bytes_down: transfer.down,
-        end: transfer.end,
-        error: None,
-    }
+    let idle = policy.tunnel.idle_timeout;
+    let transfer = tunnel::splice(stream, upstream, &raw, idle, stop, &ctx.counters).await;
+    Outcome::spliced(Listener::Sni, phase, Some(hello.sni), decision, transfer)
 }
 
 /// A captured connection: decided by its original destination, then passed through to it.
@@ -310,35 +324,12 @@ async fn capture(
     let upstream = match tunnel::connect(dst, deadline).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            let decision = Decision {
-                route: Route::Reject,
-                reason: error.reason(),
-                ..decision
-            };
-            let mut outcome = Outcome::rejected(Listener::Capture, phase, None, decision, 0);
-            outcome.error = Some(error.to_string());
-            return outcome;
+            return Outcome::dial_failed(Listener::Capture, phase, None, decision, &error);
         }
     };
-    let transfer = tunnel::splice(
-        stream,
-        upstream,
-        &[],
-        policy.tunnel.idle_timeout,
-        stop,
-        &ctx.counters,
-    )
-    .await;
-    Outcome {
-        listener: Listener::Capture,
-        sni: None,
-        phase,
-        decision,
-        bytes_up: transfer.up,
-        bytes_down: transfer.down,
-        end: transfer.end,
-        error: None,
-    }
+    let idle = policy.tunnel.idle_timeout;
+    let transfer = tunnel::splice(stream, upstream, &[], idle, stop, &ctx.counters).await;
+    Outcome::spliced(Listener::Capture, phase, None, decision, transfer)
 }
 
 fn record(
