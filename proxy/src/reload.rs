@@ -129,7 +129,9 @@ fn start_watcher(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::Recommende
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Our own reads of the file show up as access events: waking on them would make the
+        // loop re-read the file forever.
+        if event.is_ok_and(|e| !e.kind.is_access()) {
             // A full channel already holds a wake-up; one is enough.
             let _ = tx.try_send(());
         }

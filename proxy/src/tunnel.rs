@@ -19,6 +19,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
+/// Copy buffer for a fresh tunnel direction, and the size bulk transfers grow it to.
+const SMALL_BUF: usize = 16 * 1024;
+const LARGE_BUF: usize = 64 * 1024;
+
 /// A boxed, sendable future, for the resolver trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -252,10 +256,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // One TLS record's worth: most reads return at most a record or two.
-    let mut buf = vec![0u8; 16 * 1024];
+    // Start at one TLS record's worth and grow only for bulk transfers (a read that fills the
+    // buffer); `read_buf` fills spare capacity, so no zeroing on connections that stay small.
+    let mut buf: Vec<u8> = Vec::with_capacity(SMALL_BUF);
     loop {
-        let n = reader.read(&mut buf).await?;
+        buf.clear();
+        let n = reader.read_buf(&mut buf).await?;
         if n == 0 {
             // Half-close: pass the EOF on, keep the other direction running.
             writer.shutdown().await?;
@@ -265,5 +271,8 @@ where
         total.fetch_add(n as u64, Ordering::Relaxed);
         metric.inc_by(n as u64);
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == buf.capacity() && buf.capacity() < LARGE_BUF {
+            buf.reserve_exact(LARGE_BUF - buf.len());
+        }
     }
 }
