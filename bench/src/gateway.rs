@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - [`world`]: the fake OpenRouter (test support, in this process) and tollgate child processes
-//!   (`RUST_LOG=warn`, and `info` to price the log), with a policy aiming openrouter.ai at it.
+//!   (`RUST_LOG=warn`; `info` to price the log; a candidate build to A/B), with a policy aiming
+//!   openrouter.ai at the fake.
 //! - [`load`]: keep-alive rustls + hyper clients (h1 / h2), closed loops, CPU accounting.
 //! - [`stats`]: percentiles of one sample; medians and ranges across rounds.
 //! - [`report`]: Markdown tables, the added latency and the verdict against the aim.
@@ -45,11 +46,19 @@ pub enum Target {
     Tollgate,
     /// tollgate with `RUST_LOG=info` (a line per request and per connection).
     TollgateInfo,
+    /// Another tollgate build (or a wrapper script that changes its environment), with
+    /// `RUST_LOG=warn`: to A/B an optimisation in the same run.
+    Candidate,
 }
 
 impl Target {
     /// Every target, in report order.
-    pub const ALL: [Target; 3] = [Target::Direct, Target::Tollgate, Target::TollgateInfo];
+    pub const ALL: [Target; 4] = [
+        Target::Direct,
+        Target::Tollgate,
+        Target::TollgateInfo,
+        Target::Candidate,
+    ];
 
     /// The column header.
     pub fn name(self) -> &'static str {
@@ -57,6 +66,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Tollgate => "tollgate",
             Target::TollgateInfo => "tollgate, RUST_LOG=info",
+            Target::Candidate => "candidate",
         }
     }
 
@@ -66,6 +76,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Tollgate => "tollgate",
             Target::TollgateInfo => "tollgate-info",
+            Target::Candidate => "candidate",
         }
     }
 
@@ -73,7 +84,7 @@ impl Target {
     pub fn log_level(self) -> Option<LogLevel> {
         match self {
             Target::Direct => None,
-            Target::Tollgate => Some(LogLevel::Warn),
+            Target::Tollgate | Target::Candidate => Some(LogLevel::Warn),
             Target::TollgateInfo => Some(LogLevel::Info),
         }
     }
@@ -127,6 +138,8 @@ impl Scenario {
 pub struct Config {
     /// The tollgate binary.
     pub tollgate_bin: PathBuf,
+    /// The binary of [`Target::Candidate`].
+    pub candidate_bin: Option<PathBuf>,
     /// Rounds; each scenario × target is measured once per round, the median is reported.
     pub rounds: usize,
     /// Untimed exchanges before each c=1 sample.
@@ -157,6 +170,7 @@ impl Config {
     pub fn new(tollgate_bin: PathBuf) -> Config {
         Config {
             tollgate_bin,
+            candidate_bin: None,
             rounds: 5,
             warmup_requests: 500,
             requests: 4000,
@@ -165,7 +179,7 @@ impl Config {
             warmup: Duration::from_millis(500),
             window: Duration::from_secs(3),
             scenarios: Scenario::ALL.to_vec(),
-            targets: Target::ALL.to_vec(),
+            targets: vec![Target::Direct, Target::Tollgate, Target::TollgateInfo],
             max_other_busy: 0.15,
             noisy_retries: 2,
         }
@@ -217,7 +231,8 @@ pub async fn run(config: &Config, mut progress: impl FnMut(&str)) -> Result<Repo
     let (mut retried, mut noisy_kept) = (0, 0);
     for round in 0..config.rounds {
         wait_for_quiet(config.max_other_busy, &mut progress).await;
-        let world = World::start(&config.tollgate_bin, &config.targets).await?;
+        let candidate = config.candidate_bin.as_deref();
+        let world = World::start(&config.tollgate_bin, candidate, &config.targets).await?;
         let mut order = endpoints(&world, &config.targets)?;
         // Rotate the order each round so no target always runs first (or right after another).
         let shift = round % order.len().max(1);
@@ -225,11 +240,8 @@ pub async fn run(config: &Config, mut progress: impl FnMut(&str)) -> Result<Repo
         for &scenario in &config.scenarios {
             for (target, endpoint) in &order {
                 world.only_run(*target)?;
-                let pid = target
-                    .log_level()
-                    .and_then(|l| world.proxy(l))
-                    .map(|p| p.pid());
-                let log_before = world.proxy(LogLevel::Info).map(|p| p.log_bytes());
+                let pid = world.proxy(*target).map(|p| p.pid());
+                let log_before = world.proxy(Target::TollgateInfo).map(|p| p.log_bytes());
                 let mut tries = 0;
                 let sample = loop {
                     let conns_before = world.gateway.fake.connections();
@@ -254,7 +266,7 @@ pub async fn run(config: &Config, mut progress: impl FnMut(&str)) -> Result<Repo
                     wait_for_quiet(config.max_other_busy, &mut progress).await;
                 };
                 if (scenario, *target) == (Scenario::Chat1, Target::TollgateInfo)
-                    && let (Some(before), Some(p)) = (log_before, world.proxy(LogLevel::Info))
+                    && let (Some(before), Some(p)) = (log_before, world.proxy(Target::TollgateInfo))
                 {
                     let exchanges =
                         (config.warmup_requests + config.requests) * (tries as usize + 1);
@@ -289,15 +301,12 @@ fn endpoints(world: &World, targets: &[Target]) -> Result<Vec<(Target, Endpoint)
     targets
         .iter()
         .map(|&t| {
-            let endpoint = match t.log_level() {
+            let endpoint = match world.proxy(t) {
                 None => {
                     let fake = &world.gateway.fake;
                     Endpoint::new(fake.addr(), fake.ca().pem().as_bytes())?
                 }
-                Some(level) => {
-                    let p = world.proxy(level).context("the proxy was started")?;
-                    Endpoint::new(p.sni, &p.ca_pem)?
-                }
+                Some(p) => Endpoint::new(p.sni, &p.ca_pem)?,
             };
             Ok((t, endpoint))
         })

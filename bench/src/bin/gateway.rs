@@ -46,13 +46,17 @@ struct Cli {
     /// Scenarios, comma-separated: chat, chat-h2, chat-concurrent, sse.
     #[arg(long, value_delimiter = ',', default_values = ["chat", "chat-h2", "chat-concurrent", "sse"])]
     scenarios: Vec<String>,
-    /// Targets, comma-separated: direct, tollgate, tollgate-info (RUST_LOG=info). Added
-    /// latency needs direct.
+    /// Targets, comma-separated: direct, tollgate, tollgate-info (RUST_LOG=info), candidate
+    /// (runs when --candidate-bin is given, whatever this list says). Added latency needs direct.
     #[arg(long, value_delimiter = ',', default_values = ["direct", "tollgate", "tollgate-info"])]
     targets: Vec<String>,
     /// The tollgate binary (default: `tollgate` next to this executable, i.e. target/release).
     #[arg(long, env = "TOLLGATE_BIN")]
     tollgate_bin: Option<PathBuf>,
+    /// Another tollgate build, or a wrapper script that changes its environment, measured as
+    /// target `candidate` in the same rounds (A/B an optimisation).
+    #[arg(long)]
+    candidate_bin: Option<PathBuf>,
     /// When other processes kept more than this % of the machine busy during a sample, wait for
     /// quiet and measure it again (100: never).
     #[arg(long, default_value_t = 15.0)]
@@ -120,7 +124,7 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
                 .ok_or_else(|| anyhow::anyhow!("unknown scenario {name:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let targets = cli
+    let mut targets = cli
         .targets
         .iter()
         .map(|name| {
@@ -130,6 +134,15 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
                 .ok_or_else(|| anyhow::anyhow!("unknown target {name:?}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    targets.retain(|t| *t != Target::Candidate);
+    if let Some(bin) = &cli.candidate_bin {
+        anyhow::ensure!(
+            bin.is_file(),
+            "candidate binary {} not found",
+            bin.display()
+        );
+        targets.push(Target::Candidate);
+    }
     anyhow::ensure!(
         !scenarios.is_empty() && !targets.is_empty(),
         "nothing to measure"
@@ -137,6 +150,7 @@ fn config(cli: Cli) -> anyhow::Result<Config> {
     let config = Config {
         scenarios,
         targets,
+        candidate_bin: cli.candidate_bin,
         rounds: cli.rounds as usize,
         requests: cli.requests,
         warmup_requests: cli.warmup_requests,

@@ -54,35 +54,34 @@ impl Report {
     /// The whole report as Markdown.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let c = self.config.concurrency;
-        let targets: Vec<Target> = Target::ALL
-            .into_iter()
-            .filter(|t| self.config.targets.contains(t))
-            .collect();
-        let proxies: Vec<Target> = targets
-            .iter()
-            .copied()
-            .filter(|t| *t != Target::Direct)
-            .collect();
-
         let _ = writeln!(
             out,
             "Medians over {} round(s); each round starts a fresh fake upstream and fresh proxies, \
              and measures every target back to back (order rotated per round).\n",
             self.config.rounds
         );
-        let _ = writeln!(
-            out,
-            "| scenario | metric | {} |",
-            targets
-                .iter()
-                .map(|t| t.name())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+        self.results_table(&mut out);
+        self.added_table(&mut out);
+        self.verdict(&mut out);
+        self.notes(&mut out);
+        out
+    }
+
+    /// The measured targets, in report order.
+    fn targets(&self) -> Vec<Target> {
+        Target::ALL
+            .into_iter()
+            .filter(|t| self.config.targets.contains(t))
+            .collect()
+    }
+
+    /// Rates (with the ratio to direct), percentiles, proxy CPU and upstream connections.
+    fn results_table(&self, out: &mut String) {
+        let targets = self.targets();
+        let names: Vec<&str> = targets.iter().map(|t| t.name()).collect();
+        let _ = writeln!(out, "| scenario | metric | {} |", names.join(" | "));
         let _ = writeln!(out, "|---|---|{}", "---:|".repeat(targets.len()));
         for &scenario in &self.config.scenarios {
-            let label = scenario.label(c);
             let rate_name = match scenario {
                 Scenario::Sse1 => "streams/s",
                 _ => "requests/s",
@@ -95,6 +94,12 @@ impl Report {
             if scenario != Scenario::ChatN {
                 rows.push(("p99.9", |s| s.stats.p999, false));
             }
+            rows.push((
+                "proxy CPU per request",
+                |s| s.cpu_per_exchange_us().unwrap_or(f64::NAN),
+                false,
+            ));
+            let label = scenario.label(self.config.concurrency);
             for (i, (metric, f, is_rate)) in rows.iter().enumerate() {
                 let direct = self.median_of(scenario, Target::Direct, f);
                 let cells: Vec<String> = targets
@@ -115,14 +120,6 @@ impl Report {
                     cells.join(" | ")
                 );
             }
-            let cpu: Vec<String> = targets
-                .iter()
-                .map(|&t| {
-                    self.median_of(scenario, t, |s| s.cpu_per_exchange_us().unwrap_or(f64::NAN))
-                        .map_or("–".to_owned(), micros)
-                })
-                .collect();
-            let _ = writeln!(out, "| | proxy CPU per request | {} |", cpu.join(" | "));
             let conns: Vec<String> = targets
                 .iter()
                 .map(|&t| {
@@ -136,7 +133,10 @@ impl Report {
                 conns.join(" | ")
             );
         }
+    }
 
+    /// Through minus direct, per proxy target and scenario.
+    fn added_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\nAdded latency = the percentile through the proxy minus the same percentile direct, \
@@ -149,7 +149,7 @@ impl Report {
         );
         let _ = writeln!(out, "|---|---|---:|---:|---:|");
         for &scenario in &self.config.scenarios {
-            for &t in &proxies {
+            for t in self.targets().into_iter().filter(|t| *t != Target::Direct) {
                 let cell = |f: fn(&Sample) -> f64| {
                     let added = self.added(scenario, t, f);
                     match (median(added.iter().copied()), range(added)) {
@@ -167,14 +167,17 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {p999} |",
-                    scenario.label(c),
+                    scenario.label(self.config.concurrency),
                     t.name(),
                     cell(|s| s.stats.p50),
                     cell(|s| s.stats.p99),
                 );
             }
         }
+    }
 
+    /// The verdict against [`AIM_P99_ADDED_US`].
+    fn verdict(&self, out: &mut String) {
         match self.p99_added() {
             Some(p99) => {
                 let verdict = if p99 <= AIM_P99_ADDED_US {
@@ -194,8 +197,6 @@ impl Report {
                 let _ = writeln!(out, "\n**Verdict:** not measured (no c=1 chat samples).");
             }
         }
-        self.notes(&mut out);
-        out
     }
 
     fn notes(&self, out: &mut String) {

@@ -53,13 +53,14 @@ impl LogLevel {
 pub struct World {
     /// The fake OpenRouter and the test-support policy that aims `openrouter.ai` at it.
     pub gateway: Gateway,
-    /// One tollgate per measured log level.
+    /// One tollgate per proxy target.
     pub proxies: Vec<Tollgate>,
 }
 
 impl World {
-    /// Starts the fake and a tollgate (`bin`) for each tollgate target in `targets`.
-    pub async fn start(bin: &Path, targets: &[Target]) -> Result<World> {
+    /// Starts the fake and a tollgate for each proxy in `targets`: `bin`, or `candidate` for
+    /// [`Target::Candidate`].
+    pub async fn start(bin: &Path, candidate: Option<&Path>, targets: &[Target]) -> Result<World> {
         let gateway = Gateway::new()
             .await
             .context("starting the fake OpenRouter")?;
@@ -70,8 +71,15 @@ impl World {
                 .event_delay(SSE_EVENT_GAP),
         );
         let mut proxies = Vec::new();
-        for level in targets.iter().filter_map(|t| t.log_level()) {
-            let proxy = Tollgate::start(bin, &gateway, level)
+        for &target in targets {
+            let Some(level) = target.log_level() else {
+                continue;
+            };
+            let bin = match target {
+                Target::Candidate => candidate.context("no candidate binary given")?,
+                _ => bin,
+            };
+            let proxy = Tollgate::start(bin, &gateway, target, level)
                 .await
                 .with_context(|| format!("starting {} ({})", bin.display(), level.rust_log()))?;
             proxies.push(proxy);
@@ -79,16 +87,16 @@ impl World {
         Ok(World { gateway, proxies })
     }
 
-    /// The proxy running at `level`.
-    pub fn proxy(&self, level: LogLevel) -> Option<&Tollgate> {
-        self.proxies.iter().find(|p| p.level == level)
+    /// The proxy `target` dials; None for direct.
+    pub fn proxy(&self, target: Target) -> Option<&Tollgate> {
+        self.proxies.iter().find(|p| p.target == target)
     }
 
     /// Resumes the proxy `target` needs and pauses (SIGSTOP) every other one, so an idle proxy's
     /// background work (fsync, usage file) cannot land in another target's sample.
     pub fn only_run(&self, target: Target) -> Result<()> {
         for p in &self.proxies {
-            p.pause(Some(p.level) != target.log_level())?;
+            p.pause(p.target != target)?;
         }
         Ok(())
     }
@@ -96,8 +104,8 @@ impl World {
 
 /// A running `tollgate` with the gateway policy; killed on drop.
 pub struct Tollgate {
-    /// Its log filter.
-    pub level: LogLevel,
+    /// The target it is.
+    pub target: Target,
     /// The SNI listener (where agents' TLS arrives).
     pub sni: SocketAddr,
     /// The per-Pod CA certificate it wrote (`ca.crt`), PEM.
@@ -110,7 +118,12 @@ pub struct Tollgate {
 impl Tollgate {
     /// Starts `bin` with the flags of a Pod's sidecar (every listener on an ephemeral loopback
     /// port) and waits until it is ready and has written its CA.
-    pub async fn start(bin: &Path, gateway: &Gateway, level: LogLevel) -> Result<Tollgate> {
+    pub async fn start(
+        bin: &Path,
+        gateway: &Gateway,
+        target: Target,
+        level: LogLevel,
+    ) -> Result<Tollgate> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-gateway-")
             .tempdir()?;
@@ -157,7 +170,7 @@ impl Tollgate {
             .stderr(File::create(&log)?);
         let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let mut proxy = Tollgate {
-            level,
+            target,
             sni: SocketAddr::from(([127, 0, 0, 1], 0)),
             ca_pem: Vec::new(),
             child,

@@ -196,15 +196,23 @@ pub async fn forward_metered(
         }
     };
     let summary = usage::parse_response(&bytes).unwrap_or_default();
-    tokio::spawn(settle(
-        state.clone(),
-        reservation,
-        summary,
-        parts.status,
-        generation_id,
-        m,
-        None,
-    ));
+    if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
+        // The common case settles inline: a spawned task would wake another thread per request.
+        let mut m = m;
+        drop(m.permit.take());
+        let s = Settlement::new(cost, SettlementSource::Usage, parts.status.as_u16());
+        finish(&state, reservation, s, &summary, &m, None);
+    } else {
+        tokio::spawn(settle(
+            state.clone(),
+            reservation,
+            summary,
+            parts.status,
+            generation_id,
+            m,
+            None,
+        ));
+    }
     respond(parts.status, &parts.headers, bytes)
 }
 
