@@ -131,20 +131,7 @@ async fn agent_phase_allowed_host_tunnels_over_curl_h1_h2_and_rustls() {
             .unwrap(),
         0.0
     );
-    assert_eq!(
-        proxy
-            .metric("tollgate_phase", &[("phase", "agent")])
-            .await
-            .unwrap(),
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric("tollgate_phase", &[("phase", "verification")])
-            .await
-            .unwrap(),
-        0.0
-    );
+    assert_phase_gauge(&proxy, "agent").await;
 
     let stats = lb.server.stats();
     assert_eq!(stats.connections(), 3);
@@ -255,20 +242,7 @@ async fn assert_verification_routing(lb: &Loopback, proxy: &tollgate_tests::prox
         "{out:?}"
     );
 
-    assert_eq!(
-        proxy
-            .metric("tollgate_phase", &[("phase", "verification")])
-            .await
-            .unwrap(),
-        1.0
-    );
-    assert_eq!(
-        proxy
-            .metric("tollgate_phase", &[("phase", "agent")])
-            .await
-            .unwrap(),
-        0.0
-    );
+    assert_phase_gauge(proxy, "verification").await;
     assert_eq!(
         proxy
             .metric(
@@ -543,4 +517,16 @@ async fn unreachable_pinned_upstream_closes_as_connect_failed() {
             .unwrap(),
         1.0
     );
+}
+
+/// The phase gauge is 1 for `current` and 0 for the other phase.
+async fn assert_phase_gauge(proxy: &tollgate_tests::proxy::Proxy, current: &str) {
+    for phase in ["agent", "verification"] {
+        let want = if phase == current { 1.0 } else { 0.0 };
+        let got = proxy
+            .metric("tollgate_phase", &[("phase", phase)])
+            .await
+            .unwrap();
+        assert_eq!(got, want, "tollgate_phase{{phase={phase}}}");
+    }
 }
