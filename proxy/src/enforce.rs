@@ -263,14 +263,11 @@ fn provider_object(prefs: &ProviderPrefs) -> Value {
     Value::Object(provider)
 }
 
-/// Request headers forwarded upstream; everything else the agent sent is dropped.
-pub const FORWARDED_HEADERS: [&str; 5] = [
-    "content-type",
-    "accept",
-    "http-referer",
-    "x-title",
-    "x-openrouter-title",
-];
+/// Request headers forwarded upstream; everything else the agent sent is dropped. Not
+/// `Content-Type`: the gateway re-serialises the body and sends exactly one
+/// `Content-Type: application/json` itself (two would let upstream parsers disagree).
+pub const FORWARDED_HEADERS: [&str; 4] =
+    ["accept", "http-referer", "x-title", "x-openrouter-title"];
 
 #[cfg(test)]
 mod tests;

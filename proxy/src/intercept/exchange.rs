@@ -209,6 +209,9 @@ fn estimate_refusal(error: EstimateError, g: &GatewaySettings) -> Refusal {
         e @ EstimateError::BadField { .. } => {
             Refusal::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string())
         }
+        e @ EstimateError::Unbounded { .. } => {
+            Refusal::new(StatusCode::BAD_REQUEST, "unbounded-media", e.to_string())
+        }
     }
 }
 

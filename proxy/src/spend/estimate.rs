@@ -1,8 +1,10 @@
 //! The worst-case cost of a request, and the `max_tokens` clamp that makes it fit the budget.
 //!
 //! # The bound
-//! For every model the request may be served by (`model` and each `models` entry), the worst
-//! case is
+//! The prices of a request are the component-wise maximum over every model that may serve it
+//! (`model` and each `models` entry): the same prices are forced upstream as OpenRouter's
+//! `provider.max_price` (see [`apply`]), so no provider may charge more per unit than the bound
+//! assumes, whichever model and provider routing picks. For every model the worst case is then
 //!
 //! ```text
 //! n × (request fee + images × image price + prompt bound × prompt price
@@ -11,26 +13,32 @@
 //!
 //! in pico-USD, converted to micro-USD rounding *up*; the quote is the maximum over the models.
 //!
-//! The prompt bound is `body bytes + overhead + images × image_tokens + media × media_tokens`,
-//! capped by the model's context length where known, because:
+//! The prompt bound is `body bytes + overhead + images × image_tokens`, capped by the model's
+//! context length where known, because:
 //! - every tokenizer these providers use (byte-level BPE, SentencePiece with byte fallback, ...)
 //!   emits at most one token per byte of UTF-8 text, and the JSON body holds every prompt byte
 //!   plus quoting, keys and punctuation;
 //! - what the body does not hold is added explicitly: chat-template and tool-use scaffolding
 //!   (`overhead_tokens`, e.g. a tool-use system prompt of a few hundred tokens), and the tokens
-//!   an image or a remote file turns into (`image_tokens` per image, `media_tokens` per other
-//!   media part). Inline image data (`data:` URLs) is not counted as bytes: its tokens are the
-//!   per-image allowance, not its base64 length;
+//!   an inline image turns into (`image_tokens` per image: providers scale images down to a
+//!   bounded size). Inline image data (`data:` URLs, base64 `data`) of a *message content part*
+//!   is not counted as bytes: its tokens are the per-image allowance, not its base64 length.
+//!   Anywhere else (a tool schema, `response_format`) an object typed `image` is just text;
+//! - media whose tokens the body does not bound (a remote URL or file id the provider fetches,
+//!   and any file, audio or video part: a compressed PDF or a still video expands far beyond its
+//!   bytes) can fill the whole context: the prompt bound is then the model's context length,
+//!   and a model without a known context length is refused ([`EstimateError::Unbounded`]);
 //! - `n` completions may each bill the prompt, so the whole per-choice cost is multiplied by `n`.
 //!
 //! Known gaps (a provider bill above the bound is still charged in full, counted as an
 //! overcharge): a tokenizer with an expanding normalisation (NFKC turns some 3-byte characters
-//! into many), a remote PDF longer than `media_tokens`, and plugin fees such as web search.
+//! into many), audio priced apart from prompt tokens, and plugin fees such as web search.
 //!
 //! # The clamp
 //! Given the remaining budget, the output cap `T` is the largest value such that the worst case
-//! fits, never above the request's own `max_tokens`; a request without one gets the smallest
-//! completion limit the models state, else `default_max_tokens` (a value is always injected).
+//! fits, never above the request's own `max_tokens`; a request without one (or with 0 or a
+//! negative value, which providers read as "no limit") gets the smallest completion limit the
+//! models state, else `default_max_tokens` (a value is always injected).
 //! If even `min(min_completion_tokens, requested)` cannot fit, the request is refused with the
 //! cost it would have needed.
 
@@ -38,7 +46,7 @@ use serde_json::Value;
 
 use super::ledger::BudgetExceeded;
 use super::money::{Micros, UnitPrice};
-use super::price::{ModelEntry, PriceError, PriceTable};
+use super::price::{ModelEntry, ModelPrice, PriceError, PriceTable};
 
 /// Tunables of the bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,10 +55,9 @@ pub struct EstimateConfig {
     pub min_completion_tokens: u64,
     /// Prompt tokens a request may cost beyond its bytes: templates, tool scaffolding (1024).
     pub overhead_tokens: u64,
-    /// Prompt tokens one input image may cost (65 536: above every current provider's count).
+    /// Prompt tokens one inline input image may cost (65 536: above every current provider's
+    /// count).
     pub image_tokens: u64,
-    /// Prompt tokens one other media part (file, audio, video) may cost beyond its bytes (65 536).
-    pub media_tokens: u64,
     /// The output cap injected when the request has none and no model states a limit (32 768).
     pub default_max_tokens: u64,
 }
@@ -61,7 +68,6 @@ impl Default for EstimateConfig {
             min_completion_tokens: 16,
             overhead_tokens: 1024,
             image_tokens: 65_536,
-            media_tokens: 65_536,
             default_max_tokens: 32_768,
         }
     }
@@ -107,6 +113,16 @@ pub enum EstimateError {
     /// Not even the minimum completion fits the remaining budget.
     #[error(transparent)]
     Budget(#[from] BudgetExceeded),
+    /// The request carries media the body does not bound (a remote URL, a file, audio or
+    /// video) for a model whose context length is unknown (the client's fault: 400).
+    #[error(
+        "model {model:?} has no known context length, so media not inlined as an image (a URL, \
+         file, audio or video) cannot be bounded; send images inline as data: URLs"
+    )]
+    Unbounded {
+        /// The model without a context length.
+        model: String,
+    },
     /// A field the bound depends on is malformed (the client's fault: 400).
     #[error("field {field}: expected {expected}")]
     BadField {
@@ -122,11 +138,12 @@ pub enum EstimateError {
 pub struct RequestShape {
     /// Every model the request may be served by, deduplicated, in order.
     pub models: Vec<String>,
-    /// Body bytes, less inline image data.
+    /// Body bytes, less the inline data of message image parts.
     pub prompt_bytes: u64,
-    /// Input images.
+    /// Message image parts, inline or remote (each pays the per-image price).
     pub images: u64,
-    /// Other media parts (files, audio, video).
+    /// Message media parts whose tokens the body does not bound: remote images, and every file,
+    /// audio or video part. Any makes the prompt bound the model's whole context.
     pub media: u64,
     /// Completions asked for (`n`, default 1).
     pub choices: u64,
@@ -182,22 +199,23 @@ impl RequestShape {
         for key in keys {
             match body.get(key) {
                 None | Some(Value::Null) => {}
+                // 0 and negative caps mean "no limit" to some providers: treat them as absent,
+                // so a cap is injected.
+                Some(v) if v.as_u64() == Some(0) || v.as_i64().is_some_and(|t| t < 0) => {}
                 // Of two caps, the provider may honour either: bound by the larger.
                 Some(v) => {
-                    let t = v
-                        .as_u64()
-                        .ok_or_else(|| bad(key, "a non-negative integer"))?;
+                    let t = v.as_u64().ok_or_else(|| bad(key, "an integer"))?;
                     requested = Some(requested.map_or(t, |r: u64| r.max(t)));
                 }
             }
         }
         let mut media = Media::default();
-        media.walk(body);
+        media.walk_body(body);
         Ok(Self {
             models,
             prompt_bytes: (body_len as u64).saturating_sub(media.inline_image_bytes),
             images: media.images,
-            media: media.other,
+            media: media.unbounded,
             choices,
             requested_max_tokens: requested,
             output,
@@ -205,18 +223,35 @@ impl RequestShape {
     }
 }
 
-/// Media parts found in a body.
+/// Media parts found in a body's message content.
 #[derive(Default)]
 struct Media {
     images: u64,
-    other: u64,
+    unbounded: u64,
     inline_image_bytes: u64,
 }
 
+/// Root keys holding message content: chat and messages (`messages`, `system`), responses and
+/// embeddings (`input`), completions (`prompt`). Nothing else (tools, `response_format`, ...)
+/// holds content parts: what is there is text to the model, whatever its `type` says.
+const CONTENT_ROOTS: [&str; 4] = ["messages", "input", "system", "prompt"];
+/// Keys inside a message or part that hold further content (a tool result's parts, a function
+/// call's output).
+const CONTENT_KEYS: [&str; 2] = ["content", "output"];
+
 impl Media {
-    /// Classifies every object with a `type` (content parts in chat, responses, messages and
-    /// multimodal embeddings). Over-counting (e.g. a tool schema that says `"type": "image"`)
-    /// only raises the bound.
+    fn walk_body(&mut self, body: &Value) {
+        if let Value::Object(map) = body {
+            for key in CONTENT_ROOTS {
+                if let Some(v) = map.get(key) {
+                    self.walk(v);
+                }
+            }
+        }
+    }
+
+    /// Classifies the content parts (objects with a `type`) of messages, input items and tool
+    /// results, descending only through arrays and content-holding keys.
     fn walk(&mut self, v: &Value) {
         match v {
             Value::Array(items) => items.iter().for_each(|i| self.walk(i)),
@@ -224,15 +259,29 @@ impl Media {
                 match map.get("type").and_then(Value::as_str) {
                     Some("image_url" | "input_image" | "image") => {
                         self.images += 1;
-                        self.inline_image_bytes += data_url_bytes(v);
+                        let inline = data_url_bytes(v);
+                        if inline > 0 {
+                            self.inline_image_bytes += inline;
+                        } else {
+                            // A URL or file id: the provider fetches something of any size.
+                            self.unbounded += 1;
+                        }
                         return;
                     }
-                    Some("file" | "input_file" | "input_audio" | "video_url" | "document") => {
-                        self.other += 1;
+                    Some(
+                        "file" | "input_file" | "input_audio" | "audio" | "video_url"
+                        | "input_video" | "video" | "document",
+                    ) => {
+                        self.unbounded += 1;
+                        return;
                     }
                     _ => {}
                 }
-                map.values().for_each(|x| self.walk(x));
+                for key in CONTENT_KEYS {
+                    if let Some(x) = map.get(key) {
+                        self.walk(x);
+                    }
+                }
             }
             _ => {}
         }
@@ -242,7 +291,8 @@ impl Media {
 /// Bytes of inline data inside an image part (`data:` URLs and base64 `data` fields).
 fn data_url_bytes(v: &Value) -> u64 {
     match v {
-        Value::String(s) if s.starts_with("data:") => s.len() as u64,
+        // Only image data: a `data:text/...` URL would be text the model reads.
+        Value::String(s) if s.starts_with("data:image/") => s.len() as u64,
         Value::Array(items) => items.iter().map(data_url_bytes).sum(),
         Value::Object(map) => map
             .iter()
@@ -264,6 +314,9 @@ pub struct Quote {
     pub max_tokens: Option<u64>,
     /// The model with the highest worst case.
     pub model: String,
+    /// The prices the bound used (the component-wise maximum over the request's models): the
+    /// most any provider may charge per unit, forced upstream as `provider.max_price`.
+    pub price: ModelPrice,
 }
 
 /// Per-model terms of the bound, in pico-USD.
@@ -273,25 +326,36 @@ struct Terms {
 }
 
 impl Terms {
-    fn new(shape: &RequestShape, e: &ModelEntry, cfg: &EstimateConfig) -> Self {
-        let mut prompt = shape
-            .prompt_bytes
-            .saturating_add(cfg.overhead_tokens)
-            .saturating_add(shape.images.saturating_mul(cfg.image_tokens))
-            .saturating_add(shape.media.saturating_mul(cfg.media_tokens));
-        if let Some(ctx) = e.limits.context_length {
-            prompt = prompt.min(ctx);
-        }
-        let fixed = e
-            .price
+    /// The terms for one model at `price` (the request's prices, not only this model's).
+    fn new(
+        shape: &RequestShape,
+        model: &str,
+        e: &ModelEntry,
+        price: &ModelPrice,
+        cfg: &EstimateConfig,
+    ) -> Result<Self, EstimateError> {
+        let ctx = e.limits.context_length;
+        let prompt = if shape.media > 0 {
+            // Media the body does not bound can fill the whole context, and nothing less.
+            ctx.ok_or_else(|| EstimateError::Unbounded {
+                model: model.to_owned(),
+            })?
+        } else {
+            let bytes = shape
+                .prompt_bytes
+                .saturating_add(cfg.overhead_tokens)
+                .saturating_add(shape.images.saturating_mul(cfg.image_tokens));
+            ctx.map_or(bytes, |ctx| bytes.min(ctx))
+        };
+        let fixed = price
             .request
             .cost_picos(1)
-            .saturating_add(e.price.image.cost_picos(shape.images))
-            .saturating_add(e.price.prompt.cost_picos(prompt));
-        Self {
+            .saturating_add(price.image.cost_picos(shape.images))
+            .saturating_add(price.prompt.cost_picos(prompt));
+        Ok(Self {
             fixed,
-            per_output_token: e.price.output_bound(),
-        }
+            per_output_token: price.output_bound(),
+        })
     }
 
     fn cost(&self, choices: u64, max_tokens: u64) -> Micros {
@@ -313,10 +377,15 @@ pub fn quote(
     for m in &shape.models {
         entries.push((m.as_str(), prices.lookup(m)?.0));
     }
-    let terms: Vec<(&str, Terms)> = entries
+    // One `max_price` covers every model the request names, so every model is bounded at it.
+    let price = entries
         .iter()
-        .map(|(m, e)| (*m, Terms::new(shape, e, cfg)))
-        .collect();
+        .map(|(_, e)| e.price)
+        .fold(ModelPrice::default(), ModelPrice::max);
+    let mut terms: Vec<(&str, Terms)> = Vec::with_capacity(entries.len());
+    for (m, e) in &entries {
+        terms.push((m, Terms::new(shape, m, e, &price, cfg)?));
+    }
     let worst = |t: u64| -> (Micros, &str) {
         terms
             .iter()
@@ -338,6 +407,7 @@ pub fn quote(
             worst_case: cost,
             max_tokens: None,
             model: model.to_owned(),
+            price,
         });
     }
     let hi = shape.requested_max_tokens.unwrap_or_else(|| {
@@ -376,13 +446,28 @@ pub fn quote(
         worst_case: cost,
         max_tokens: Some(ok),
         model: model.to_owned(),
+        price,
     })
 }
 
-/// Writes the quote's output cap into the body to forward (and into `max_completion_tokens`
-/// when the body carries that too, so no field exceeds the reserved cap).
+/// Writes the quote into the body to forward: its output cap (into `max_completion_tokens` too
+/// when the body carries that, so no field exceeds the reserved cap), and its prices as
+/// `provider.max_price`, so OpenRouter routes only to providers that charge no more per unit
+/// than the reservation assumed.
 pub fn apply(quote: &Quote, output: OutputField, body: &mut Value) {
-    let (Some(t), Some(key), Value::Object(map)) = (quote.max_tokens, output.key(), body) else {
+    let Value::Object(map) = body else {
+        return;
+    };
+    let provider = map
+        .entry("provider")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if !provider.is_object() {
+        *provider = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(provider) = provider {
+        provider.insert("max_price".to_owned(), quote.price.max_price());
+    }
+    let (Some(t), Some(key)) = (quote.max_tokens, output.key()) else {
         return;
     };
     map.insert(key.to_owned(), Value::from(t));

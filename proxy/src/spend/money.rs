@@ -6,7 +6,8 @@
 //! 0.15 µUSD), so prices keep 12 decimals (pico-USD). A cost is `Σ units × price` in pico-USD
 //! (u128, no overflow), converted to micro-USD once, rounding *up* for a worst case
 //! ([`Micros::from_picos_ceil`]). Real costs come from the provider as decimal numbers and are
-//! rounded to the *nearest* micro-USD ([`Rounding::Nearest`]). No f64 ever carries money; f64
+//! rounded *up* to the micro-USD too ([`Rounding::Up`]): the ledger never charges less than the
+//! bill. No f64 ever carries money; f64
 //! appears only when rendering reference-compatible JSON ([`Micros::as_usd_f64`]).
 
 use std::fmt;
@@ -25,7 +26,7 @@ pub enum Rounding {
     Down,
     /// Away from zero (a price or a worst case: never under-estimate).
     Up,
-    /// To the nearest unit, halves up (a recorded real cost).
+    /// To the nearest unit, halves up.
     Nearest,
 }
 
@@ -142,6 +143,12 @@ impl UnitPrice {
         scale_decimal(s, 12, Rounding::Up).map(UnitPrice)
     }
 
+    /// The price of a million units as a USD decimal without trailing zeros (OpenRouter states
+    /// token prices per million in `provider.max_price`), e.g. `0.15` for `0.00000015`.
+    pub fn usd_per_million(self) -> String {
+        usd_decimal(self.cost_picos(1_000_000))
+    }
+
     /// The price of `units` units, in pico-USD (cannot overflow: u64 × u64 < u128::MAX).
     pub fn cost_picos(self, units: u64) -> u128 {
         u128::from(self.0) * u128::from(units)
@@ -151,14 +158,19 @@ impl UnitPrice {
 impl fmt::Display for UnitPrice {
     /// The USD decimal without trailing zeros, e.g. `0.00000015`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const PICOS_PER_USD: u64 = 1_000_000_000_000;
-        let frac = format!("{:012}", self.0 % PICOS_PER_USD);
-        let frac = frac.trim_end_matches('0');
-        if frac.is_empty() {
-            write!(f, "{}", self.0 / PICOS_PER_USD)
-        } else {
-            write!(f, "{}.{}", self.0 / PICOS_PER_USD, frac)
-        }
+        f.write_str(&usd_decimal(u128::from(self.0)))
+    }
+}
+
+/// pico-USD as a USD decimal without trailing zeros.
+fn usd_decimal(picos: u128) -> String {
+    const PICOS_PER_USD: u128 = 1_000_000_000_000;
+    let frac = format!("{:012}", picos % PICOS_PER_USD);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{}", picos / PICOS_PER_USD)
+    } else {
+        format!("{}.{}", picos / PICOS_PER_USD, frac)
     }
 }
 

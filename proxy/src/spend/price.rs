@@ -37,6 +37,18 @@ impl ModelPrice {
             .max(self.reasoning.unwrap_or(UnitPrice::ZERO))
     }
 
+    /// OpenRouter's `provider.max_price` for these prices: USD per million tokens for `prompt`
+    /// and `completion` (the output bound: reasoning tokens are billed as completion tokens
+    /// upstream), USD per request and per image; exact decimal strings.
+    pub fn max_price(&self) -> Value {
+        serde_json::json!({
+            "prompt": self.prompt.usd_per_million(),
+            "completion": self.output_bound().usd_per_million(),
+            "request": self.request.to_string(),
+            "image": self.image.to_string(),
+        })
+    }
+
     /// Component-wise maximum of two prices for the same model.
     pub fn max(self, other: ModelPrice) -> ModelPrice {
         ModelPrice {

@@ -2,8 +2,8 @@
 //! JSON body (or one SSE event), and the cost from a `GET /api/v1/generation` lookup.
 //!
 //! Parsing is lenient (a field of an unexpected type is treated as absent; it never fails the
-//! response) and the cost is exact: the JSON number's decimal text is rounded to the nearest
-//! micro-USD. For a BYOK request (`is_byok: true`) the spend is OpenRouter's fee (`cost`) plus
+//! response) and the cost is exact: the JSON number's decimal text is rounded *up* to the
+//! micro-USD (to the nearest, a bill of 0.4 µUSD would be free and a thousand of them too). For a BYOK request (`is_byok: true`) the spend is OpenRouter's fee (`cost`) plus
 //! what the provider charged the key (`cost_details.upstream_inference_cost`): both are money
 //! the run spent.
 
@@ -135,11 +135,12 @@ fn total_cost(cost: Option<&Value>, byok: bool, upstream: Option<&Value>) -> Opt
     Some(cost)
 }
 
-/// A USD amount given as a JSON number or a decimal string, to the nearest micro-USD.
+/// A USD amount given as a JSON number or a decimal string, rounded up to the micro-USD (the
+/// ledger never charges less than the bill).
 fn usd(v: &Value) -> Option<Micros> {
     match v {
-        Value::Number(n) => Micros::from_json_number(n, Rounding::Nearest).ok(),
-        Value::String(s) => Micros::parse_usd_rounded(s.trim(), Rounding::Nearest).ok(),
+        Value::Number(n) => Micros::from_json_number(n, Rounding::Up).ok(),
+        Value::String(s) => Micros::parse_usd_rounded(s.trim(), Rounding::Up).ok(),
         _ => None,
     }
 }
@@ -232,7 +233,8 @@ mod tests {
         let u = s.usage.clone().unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(10), Some(5)));
         assert_eq!((u.cached_tokens, u.reasoning_tokens), (Some(2), Some(1)));
-        assert_eq!(s.cost(), Some(Micros(123)));
+        // 123.4 µUSD is charged as 124: the ledger never charges less than the bill.
+        assert_eq!(s.cost(), Some(Micros(124)));
         assert!(s.error.is_none());
     }
 
@@ -249,6 +251,22 @@ mod tests {
             (u.prompt_tokens, u.completion_tokens, u.cost),
             (Some(3), Some(4), Some(Micros(500_000)))
         );
+    }
+
+    #[test]
+    fn sub_micro_costs_round_up() {
+        let cost = |c: &str| {
+            let body = format!(r#"{{"usage":{{"cost":{c}}}}}"#);
+            parse_response(body.as_bytes()).unwrap().cost()
+        };
+        assert_eq!(cost("0.0000004"), Some(Micros(1)));
+        assert_eq!(cost("1e-12"), Some(Micros(1)));
+        assert_eq!(cost("0.0000014"), Some(Micros(2)));
+        assert_eq!(cost("\"0.0000000001\""), Some(Micros(1)));
+        assert_eq!(cost("0"), Some(Micros(0)));
+        assert_eq!(cost("0.000002"), Some(Micros(2)));
+        let g = parse_generation(br#"{"data":{"total_cost":0.0000001}}"#).unwrap();
+        assert_eq!(g.cost, Micros(1));
     }
 
     #[test]

@@ -37,7 +37,6 @@ fn cfg() -> EstimateConfig {
     EstimateConfig {
         overhead_tokens: 10,
         image_tokens: 100,
-        media_tokens: 1000,
         ..Default::default()
     }
 }
@@ -73,9 +72,75 @@ fn reads_the_shape_of_a_chat_body() {
     assert_eq!(s.models, vec!["a/x", "b/y"]);
     assert_eq!(s.choices, 2);
     assert_eq!(s.requested_max_tokens, Some(100));
-    assert_eq!((s.images, s.media), (2, 1));
+    // Two images priced per image; the remote one and the file are not bounded by the body.
+    assert_eq!((s.images, s.media), (2, 2));
     let data_url = "data:image/png;base64,AAAAAAAAAA==".len() as u64;
     assert_eq!(s.prompt_bytes, len as u64 - data_url);
+}
+
+#[test]
+fn only_message_content_parts_are_media() {
+    let blob = "A".repeat(10_000);
+    let image = json!({"type": "image", "source": {"type": "base64", "data": blob}});
+    // An image-typed object in a tool schema or a response format is text to the model.
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": image}}],
+        "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{blob}")}}}},
+    });
+    let len = serde_json::to_vec(&body).unwrap().len();
+    let s = RequestShape::from_json(&body, len, OutputField::MaxTokens).unwrap();
+    assert_eq!((s.images, s.media, s.prompt_bytes), (0, 0, len as u64));
+    // The same part in a message (Messages API), in a tool result, and as a responses input.
+    let body = json!({
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [image.clone()]},
+            {"role": "user", "content": [{"type": "tool_result", "content": [image.clone()]}]},
+        ],
+    });
+    let len = serde_json::to_vec(&body).unwrap().len();
+    let s = RequestShape::from_json(&body, len, OutputField::MaxTokens).unwrap();
+    assert_eq!((s.images, s.media), (2, 0));
+    assert_eq!(s.prompt_bytes, len as u64 - 20_000);
+    let body = json!({"model": "m", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]},
+        {"type": "function_call_output", "output": [{"type": "input_file", "file_id": "f-1"}]},
+        {"type": "input_video", "video_url": "data:video/mp4;base64,AAAA"},
+    ]});
+    let s = RequestShape::from_json(&body, 10, OutputField::MaxOutputTokens).unwrap();
+    assert_eq!((s.images, s.media, s.prompt_bytes), (1, 3, 10));
+    // A data: URL that is not an image is text: not subtracted, and not bounded as an image.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": format!("data:text/plain,{blob}")}},
+    ]}]});
+    let s = RequestShape::from_json(&body, 20_000, OutputField::MaxTokens).unwrap();
+    assert_eq!((s.images, s.media, s.prompt_bytes), (1, 1, 20_000));
+}
+
+#[test]
+fn zero_and_negative_output_caps_are_absent() {
+    for cap in [json!(0), json!(-1), json!(-5_000_000_000_i64)] {
+        let body = json!({"model": "m", "max_tokens": cap.clone()});
+        let s = RequestShape::from_json(&body, 10, OutputField::MaxTokens).unwrap();
+        assert_eq!(s.requested_max_tokens, None, "{cap}");
+        let body = json!({"model": "m", "max_tokens": 50, "max_completion_tokens": cap.clone()});
+        let s = RequestShape::from_json(&body, 10, OutputField::MaxTokens).unwrap();
+        assert_eq!(s.requested_max_tokens, Some(50), "{cap}");
+        let body = json!({"model": "m", "max_output_tokens": cap.clone()});
+        let s = RequestShape::from_json(&body, 10, OutputField::MaxOutputTokens).unwrap();
+        assert_eq!(s.requested_max_tokens, None, "{cap}");
+    }
+    // So the quote injects a cap: the smallest the model states.
+    let prices = table(&[("m", entry(MICRO, MICRO, Some(700)))]);
+    let body = json!({"model": "m", "max_tokens": 0});
+    let s = RequestShape::from_json(&body, 10, OutputField::MaxTokens).unwrap();
+    let q = quote(&s, &prices, &cfg(), Micros::MAX).unwrap();
+    assert_eq!((q.max_tokens, q.worst_case), (Some(700), Micros(20 + 700)));
+    let mut body = body;
+    apply(&q, OutputField::MaxTokens, &mut body);
+    assert_eq!(body["max_tokens"], 700);
 }
 
 #[test]
@@ -114,7 +179,7 @@ fn refuses_malformed_fields() {
         EstimateError::BadField { field: "n", .. }
     ));
     assert!(matches!(
-        bad(json!({"model": "a", "max_tokens": -5})),
+        bad(json!({"model": "a", "max_tokens": "5"})),
         EstimateError::BadField {
             field: "max_tokens",
             ..
@@ -198,25 +263,35 @@ fn injects_the_smallest_stated_cap_or_the_default() {
 }
 
 #[test]
-fn the_worst_case_is_the_maximum_over_every_model() {
+fn the_worst_case_is_the_maximum_over_every_model_at_the_highest_prices() {
+    let mut cheap = entry(MICRO, MICRO, None);
+    cheap.limits.context_length = Some(50);
     let prices = table(&[
-        ("cheap", entry(MICRO, MICRO, None)),
+        ("cheap", cheap),
         ("dear-prompt", entry(10 * MICRO, MICRO, None)),
         ("dear-output", entry(MICRO, 5 * MICRO, None)),
     ]);
+    // One max_price covers all three models, so each is bounded at (10, 5): any provider of
+    // any of them may charge up to that. Prompt bound 100 (50 for `cheap`'s context).
     let s = shape(&["cheap", "dear-prompt", "dear-output"], 90, Some(100));
     let q = quote(&s, &prices, &cfg(), Micros::MAX).unwrap();
-    // dear-prompt: 100 × 10 + 100 × 1 = 1100; dear-output: 100 + 500 = 600.
     assert_eq!(
         (q.worst_case, q.model.as_str()),
-        (Micros(1100), "dear-prompt")
+        (Micros(100 * 10 + 100 * 5), "dear-prompt")
     );
-    let s = shape(&["cheap", "dear-prompt", "dear-output"], 90, Some(1000));
-    let q = quote(&s, &prices, &cfg(), Micros::MAX).unwrap();
     assert_eq!(
-        (q.worst_case, q.model.as_str()),
-        (Micros(5100), "dear-output")
+        (q.price.prompt, q.price.completion),
+        (UnitPrice(10 * MICRO), UnitPrice(5 * MICRO))
     );
+    let q = quote(
+        &shape(&["cheap"], 90, Some(100)),
+        &prices,
+        &cfg(),
+        Micros::MAX,
+    )
+    .unwrap();
+    assert_eq!(q.worst_case, Micros(50 + 100));
+    assert_eq!(q.price, cheap.price);
     let err = quote(
         &shape(&["cheap", "unpriced"], 1, None),
         &prices,
@@ -231,7 +306,7 @@ fn the_worst_case_is_the_maximum_over_every_model() {
 }
 
 #[test]
-fn images_media_choices_and_reasoning_raise_the_bound() {
+fn images_choices_and_reasoning_raise_the_bound() {
     let mut e = entry(MICRO, MICRO, None);
     e.price.image = UnitPrice(1000 * MICRO);
     e.price.request = UnitPrice(7 * MICRO);
@@ -239,9 +314,8 @@ fn images_media_choices_and_reasoning_raise_the_bound() {
     let prices = table(&[("a", e)]);
     let mut s = shape(&["a"], 90, Some(10));
     s.images = 2;
-    s.media = 1;
-    // request 7 + images 2 × 1000 + prompt (90 + 10 + 2 × 100 + 1000) × 1 + output 10 × 3.
-    let one = 7 + 2000 + 1300 + 30;
+    // request 7 + images 2 × 1000 + prompt (90 + 10 + 2 × 100) × 1 + output 10 × 3.
+    let one = 7 + 2000 + 300 + 30;
     assert_eq!(
         quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
         Micros(one)
@@ -250,6 +324,28 @@ fn images_media_choices_and_reasoning_raise_the_bound() {
     assert_eq!(
         quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
         Micros(3 * one)
+    );
+}
+
+#[test]
+fn unbounded_media_fill_the_context_or_are_refused() {
+    let mut e = entry(MICRO, MICRO, None);
+    e.limits.context_length = Some(100_000);
+    let prices = table(&[("a", e), ("no-ctx", entry(MICRO, MICRO, None))]);
+    let mut s = shape(&["a"], 90, Some(10));
+    s.images = 1;
+    s.media = 1;
+    // The whole context at the prompt price, whatever the body's size.
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap().worst_case,
+        Micros(100_000 + 10)
+    );
+    s.models.push("no-ctx".into());
+    assert_eq!(
+        quote(&s, &prices, &cfg(), Micros::MAX).unwrap_err(),
+        EstimateError::Unbounded {
+            model: "no-ctx".into()
+        }
     );
 }
 
@@ -296,24 +392,42 @@ fn embeddings_are_refused_when_their_bound_does_not_fit() {
 }
 
 #[test]
-fn apply_writes_the_cap_into_the_body() {
+fn apply_writes_the_cap_and_the_max_price_into_the_body() {
     let q = Quote {
         worst_case: Micros(1),
         max_tokens: Some(42),
         model: "m".into(),
+        price: ModelPrice {
+            prompt: UnitPrice(150_000),
+            completion: UnitPrice(600_000),
+            request: UnitPrice(5_000_000),
+            image: UnitPrice(3_613_000_000),
+            reasoning: Some(UnitPrice(2_000_000)),
+        },
     };
-    let mut body = json!({"model": "m", "max_completion_tokens": 1000});
+    let max_price = json!({
+        "prompt": "0.15", "completion": "2", "request": "0.000005", "image": "0.003613"
+    });
+    let mut body = json!({"model": "m", "max_completion_tokens": 1000,
+        "provider": {"zdr": true, "order": ["a"]}});
     apply(&q, OutputField::MaxTokens, &mut body);
     assert_eq!(
         body,
-        json!({"model": "m", "max_tokens": 42, "max_completion_tokens": 42})
+        json!({"model": "m", "max_tokens": 42, "max_completion_tokens": 42,
+            "provider": {"zdr": true, "order": ["a"], "max_price": max_price}})
     );
     let mut body = json!({"model": "m"});
     apply(&q, OutputField::MaxOutputTokens, &mut body);
-    assert_eq!(body, json!({"model": "m", "max_output_tokens": 42}));
-    let mut body = json!({"model": "m"});
+    assert_eq!(
+        body,
+        json!({"model": "m", "max_output_tokens": 42, "provider": {"max_price": max_price}})
+    );
+    let mut body = json!({"model": "m", "provider": "x"});
     apply(&q, OutputField::None, &mut body);
-    assert_eq!(body, json!({"model": "m"}));
+    assert_eq!(
+        body,
+        json!({"model": "m", "provider": {"max_price": max_price}})
+    );
 }
 
 #[test]
