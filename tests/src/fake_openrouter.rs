@@ -13,6 +13,7 @@
 //! Chat, embeddings and generation lookups require some `Authorization: Bearer` (401 without).
 //! Anything else is 404 (so a path the gateway must answer itself shows up as a stray request).
 
+mod bill;
 mod respond;
 mod script;
 
@@ -32,8 +33,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use script::{
-    ChatScript, Cost, EmbeddingsScript, Gate, GenerationScript, MANAGEMENT_KEY, StreamEnd,
-    WorkspaceScript, default_models, model_entry, pico_to_f64, usd_to_pico,
+    Billing, ChatScript, Cost, EmbeddingsScript, Gate, GenerationScript, MANAGEMENT_KEY,
+    ProviderPrice, StreamEnd, WorkspaceScript, default_models, model_entry, pico_to_f64,
+    usd_to_pico,
 };
 
 use crate::pki::Ca;
@@ -80,6 +82,16 @@ impl Recorded {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of header `name` (case-insensitive), in arrival order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The lowercased names of every header received.
     pub fn header_names(&self) -> Vec<&str> {
         self.headers.iter().map(|(k, _)| k.as_str()).collect()
@@ -119,6 +131,8 @@ pub struct Generation {
     pub provider: String,
     /// What it cost, in USD.
     pub cost: f64,
+    /// What it cost, in pico-USD (exact for [`Cost::PerMaxToken`] and [`Cost::Billed`]).
+    pub billed_pico: u64,
     /// Prompt tokens.
     pub prompt_tokens: u64,
     /// Completion tokens.

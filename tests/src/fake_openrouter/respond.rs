@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
+use super::bill;
 use super::script::{ChatScript, Cost, MANAGEMENT_KEY, StreamEnd, pico_to_f64};
 use super::{
     CHAT, EMBEDDINGS, GENERATION, Generation, InFlight, MODELS, Recorded, State, StreamRecord,
@@ -81,9 +82,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
             ("POST", CHAT) => {
                 let id = state.new_id();
                 rec.generation_id = Some(id.clone());
-                let json = rec.json.clone();
+                let (json, len) = (rec.json.clone(), rec.body.len());
                 record(&state, rec);
-                return chat(&state, id, json).await;
+                return chat(&state, id, json, len).await;
             }
             ("POST", EMBEDDINGS) => {
                 let id = state.new_id();
@@ -124,7 +125,12 @@ fn requested_model(body: Option<&Value>) -> String {
         .to_string()
 }
 
-async fn chat(state: &Arc<State>, id: String, body: Option<Value>) -> Response<Body> {
+async fn chat(
+    state: &Arc<State>,
+    id: String,
+    body: Option<Value>,
+    body_len: usize,
+) -> Response<Body> {
     let script = {
         let mut s = state.script.lock().unwrap();
         s.chat_queue.pop_front().unwrap_or_else(|| s.chat.clone())
@@ -145,18 +151,39 @@ async fn chat(state: &Arc<State>, id: String, body: Option<Value>) -> Response<B
         .as_ref()
         .and_then(|b| b["max_tokens"].as_u64())
         .unwrap_or(script.completion_tokens);
-    let (cost, completion_tokens) = match script.cost {
-        Cost::Usd(usd) => (usd, script.completion_tokens),
-        Cost::PerMaxToken { pico_per_token } => {
-            (pico_to_f64(max_tokens * pico_per_token), max_tokens)
+    let mut provider = script.provider.clone();
+    let mut prompt_tokens = script.prompt_tokens;
+    let (billed_pico, completion_tokens) = match &script.cost {
+        Cost::Usd(usd) => ((usd * 1e12).round() as u64, script.completion_tokens),
+        Cost::PerMaxToken { pico_per_token } => (max_tokens * pico_per_token, max_tokens),
+        Cost::Billed(billing) => {
+            let models = state.script.lock().unwrap().models.clone();
+            let models = models.unwrap_or_else(default_models);
+            let body = body.clone().unwrap_or(Value::Null);
+            match bill::bill(billing, &model, &body, body_len, &models) {
+                Ok(b) => {
+                    provider = b.provider;
+                    prompt_tokens = b.prompt_tokens;
+                    (b.pico, b.completion_tokens)
+                }
+                Err((status, message)) => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                    return error(status, &message);
+                }
+            }
         }
+    };
+    let cost = match &script.cost {
+        Cost::Usd(usd) => *usd,
+        _ => pico_to_f64(billed_pico),
     };
     let gen_record = Generation {
         id: id.clone(),
         model: model.clone(),
-        provider: script.provider.clone(),
+        provider,
         cost,
-        prompt_tokens: script.prompt_tokens,
+        billed_pico,
+        prompt_tokens,
         completion_tokens,
     };
     state
@@ -165,9 +192,9 @@ async fn chat(state: &Arc<State>, id: String, body: Option<Value>) -> Response<B
         .unwrap()
         .insert(id.clone(), gen_record.clone());
     let usage = json!({
-        "prompt_tokens": script.prompt_tokens,
+        "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": script.prompt_tokens + completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
         "cost": cost,
         "is_byok": false,
     });
@@ -183,7 +210,7 @@ async fn chat(state: &Arc<State>, id: String, body: Option<Value>) -> Response<B
         "object": "chat.completion",
         "created": unix_now(),
         "model": model,
-        "provider": script.provider,
+        "provider": gen_record.provider,
         "choices": [{
             "index": 0,
             "message": {"role": "assistant", "content": script.content.concat()},
@@ -364,6 +391,7 @@ fn embeddings(state: &Arc<State>, id: String, body: Option<Value>) -> Response<B
             model: model.clone(),
             provider: "OpenAI".into(),
             cost: script.cost,
+            billed_pico: (script.cost * 1e12).round() as u64,
             prompt_tokens: script.prompt_tokens,
             completion_tokens: 0,
         },
@@ -413,6 +441,7 @@ fn generation(state: &State, query: Option<&str>) -> Response<Body> {
         model: "openai/gpt-4o-mini".into(),
         provider: "OpenAI".into(),
         cost,
+        billed_pico: (cost * 1e12).round() as u64,
         prompt_tokens: 10,
         completion_tokens: 5,
     });

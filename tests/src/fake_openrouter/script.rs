@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 /// What a chat completion costs, as the fake reports it in `usage.cost` and generation lookups.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Cost {
     /// A fixed amount in USD per request.
     Usd(f64),
@@ -19,6 +19,70 @@ pub enum Cost {
         /// pico-USD per completion token.
         pico_per_token: u64,
     },
+    /// What a real OpenRouter could bill at the worst, from the model's entry in the fake's
+    /// model list (see [`Billing`]).
+    Billed(Billing),
+}
+
+/// How [`Cost::Billed`] bills a chat completion, as an adversarial but real OpenRouter could:
+///
+/// - routing picks the *dearest* of the model's providers that the request's
+///   `provider.max_price` allows (all of them without one); none allowed answers 404;
+/// - prompt tokens: one per byte of the forwarded body, except the inline data of image parts
+///   in message content (an image there is `image_tokens`; the same object in a tool schema is
+///   text), plus `remote_tokens` per media part the provider fetches or decodes (a remote URL,
+///   a file, audio, video); capped by the model's `context_length`;
+/// - completion tokens: the larger of `max_tokens` and `max_completion_tokens` when positive,
+///   else (absent, 0 or negative: "no limit") the model's `max_completion_tokens`, else its
+///   context length;
+/// - `n` completions each bill the whole request; the cost is exact in pico-USD (sub-micro
+///   amounts included).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Billing {
+    /// The providers serving the model; empty: one provider at the model list's price.
+    pub providers: Vec<ProviderPrice>,
+    /// Prompt tokens one inline message image turns into.
+    pub image_tokens: u64,
+    /// Prompt tokens one fetched or decoded media part turns into (before the context cap).
+    pub remote_tokens: u64,
+}
+
+impl Default for Billing {
+    fn default() -> Billing {
+        Billing {
+            providers: Vec::new(),
+            image_tokens: 1_000,
+            remote_tokens: 10_000_000,
+        }
+    }
+}
+
+/// One provider's prices for a model, USD per unit as decimal strings (as in the model list).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderPrice {
+    /// The `provider` name in the answer.
+    pub name: String,
+    /// Per prompt token.
+    pub prompt: String,
+    /// Per completion token.
+    pub completion: String,
+    /// Per request.
+    pub request: String,
+    /// Per input image.
+    pub image: String,
+}
+
+impl ProviderPrice {
+    /// A provider charging `prompt` and `completion` per token, nothing per request or image.
+    pub fn new(name: &str, prompt: &str, completion: &str) -> ProviderPrice {
+        ProviderPrice {
+            name: name.into(),
+            prompt: prompt.into(),
+            completion: completion.into(),
+            request: "0".into(),
+            image: "0".into(),
+        }
+    }
 }
 
 impl Cost {
