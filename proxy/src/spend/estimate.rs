@@ -294,13 +294,20 @@ fn data_url_bytes(v: &Value) -> u64 {
         // Only image data: a `data:text/...` URL would be text the model reads.
         Value::String(s) if s.starts_with("data:image/") => s.len() as u64,
         Value::Array(items) => items.iter().map(data_url_bytes).sum(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, x)| match x {
-                Value::String(s) if k == "data" => s.len() as u64,
-                _ => data_url_bytes(x),
-            })
-            .sum(),
+        Value::Object(map) => {
+            // A Messages API image source: `{"type":"base64","media_type":"image/png","data":..}`.
+            let base64_image = map.get("type").and_then(Value::as_str) == Some("base64")
+                && map
+                    .get("media_type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| t.starts_with("image/"));
+            map.iter()
+                .map(|(k, x)| match x {
+                    Value::String(s) if k == "data" && base64_image => s.len() as u64,
+                    _ => data_url_bytes(x),
+                })
+                .sum()
+        }
         _ => 0,
     }
 }

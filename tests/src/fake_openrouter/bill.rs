@@ -191,3 +191,84 @@ fn media(body: &Value) -> (u64, Images, u64) {
     }
     (skipped, images, fetched)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fake_openrouter::model_entry;
+
+    fn models() -> Vec<Value> {
+        vec![model_entry("m", "0.000001", "0.000002", 1_000, 300)]
+    }
+
+    fn two_providers() -> Billing {
+        Billing {
+            providers: vec![
+                ProviderPrice::new("Cheap", "0.000001", "0.000002"),
+                ProviderPrice::new("Dear", "0.000003", "0.000006"),
+            ],
+            ..Billing::default()
+        }
+    }
+
+    #[test]
+    fn routes_to_the_dearest_provider_max_price_allows() {
+        let body = json!({"model": "m", "max_tokens": 10});
+        let b = bill(&two_providers(), "m", &body, 100, &models()).unwrap();
+        assert_eq!(
+            (b.provider.as_str(), b.pico),
+            ("Dear", 3 * (100 + 20) * 1_000_000)
+        );
+        let body = json!({"model": "m", "max_tokens": 10,
+            "provider": {"max_price": {"prompt": "1", "completion": 2}}});
+        let b = bill(&two_providers(), "m", &body, 100, &models()).unwrap();
+        assert_eq!(
+            (b.provider.as_str(), b.pico),
+            ("Cheap", (100 + 20) * 1_000_000)
+        );
+        let body = json!({"model": "m", "provider": {"max_price": {"prompt": "0.5"}}});
+        assert_eq!(
+            bill(&two_providers(), "m", &body, 100, &models())
+                .err()
+                .unwrap()
+                .0,
+            404
+        );
+        let body = json!({"model": "m", "provider": {"max_price": {"prompt": "-1"}}});
+        assert_eq!(
+            bill(&two_providers(), "m", &body, 100, &models())
+                .err()
+                .unwrap()
+                .0,
+            400
+        );
+    }
+
+    #[test]
+    fn no_cap_bills_the_model_limit_and_media_fill_the_context() {
+        let b = Billing::default();
+        for cap in [json!(null), json!(0), json!(-3)] {
+            let body = json!({"model": "m", "max_tokens": cap});
+            let got = bill(&b, "m", &body, 10, &models()).unwrap();
+            assert_eq!((got.prompt_tokens, got.completion_tokens), (10, 300));
+        }
+        let body = json!({"model": "m", "max_tokens": 5, "n": 2, "messages": [
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+        ]});
+        let got = bill(&b, "m", &body, 200, &models()).unwrap();
+        // 200 bytes less the 26-byte data URL, plus one image's 1000 tokens: over the context.
+        assert_eq!((got.prompt_tokens, got.completion_tokens), (1_000, 5));
+        assert_eq!(got.pico, 2 * (1_000 + 10) * 1_000_000);
+        let body = json!({"model": "m", "max_tokens": 5, "tools": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        ]});
+        assert_eq!(
+            bill(&b, "m", &body, 200, &models()).unwrap().prompt_tokens,
+            200
+        );
+    }
+}

@@ -81,7 +81,8 @@ fn reads_the_shape_of_a_chat_body() {
 #[test]
 fn only_message_content_parts_are_media() {
     let blob = "A".repeat(10_000);
-    let image = json!({"type": "image", "source": {"type": "base64", "data": blob}});
+    let image = json!({"type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": blob}});
     // An image-typed object in a tool schema or a response format is text to the model.
     let body = json!({
         "model": "m",
@@ -111,6 +112,12 @@ fn only_message_content_parts_are_media() {
     ]});
     let s = RequestShape::from_json(&body, 10, OutputField::MaxOutputTokens).unwrap();
     assert_eq!((s.images, s.media, s.prompt_bytes), (1, 3, 10));
+    // Base64 data that does not say it is an image is text too.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "text", "media_type": "text/plain", "data": blob}},
+    ]}]});
+    let s = RequestShape::from_json(&body, 20_000, OutputField::MaxTokens).unwrap();
+    assert_eq!((s.images, s.media, s.prompt_bytes), (1, 1, 20_000));
     // A data: URL that is not an image is text: not subtracted, and not bounded as an image.
     let body = json!({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": format!("data:text/plain,{blob}")}},
