@@ -291,6 +291,12 @@ impl LlmClient {
             .await
     }
 
+    /// POSTs `body`, bytes as given, as JSON (for bodies a `Value` would re-serialise).
+    pub async fn post_raw_json(&self, path: &str, body: impl Into<Bytes>) -> Result<Reply> {
+        let headers = self.json_headers(&[]);
+        self.send("POST", path, &headers, body.into()).await
+    }
+
     /// POSTs `body` as JSON and returns once the response head arrived (for streams).
     pub async fn post_json_streaming(&self, path: &str, body: &Value) -> Result<Exchange> {
         let headers = self.json_headers(&[]);

@@ -143,6 +143,10 @@ async fn every_crafted_request_is_reserved_at_no_less_than_its_bill() {
     let mut cases: Vec<(&str, Value, Billing)> = Vec::new();
     let mut body = chat(PRICED);
     body["max_tokens"] = json!(0);
+    body["stream"] = json!(true);
+    cases.push(("max_tokens 0, streamed", body, Billing::default()));
+    let mut body = chat(PRICED);
+    body["max_tokens"] = json!(0);
     cases.push(("max_tokens 0", body, Billing::default()));
     let mut body = chat(PRICED);
     body["max_tokens"] = json!(-1);
@@ -182,6 +186,16 @@ async fn every_crafted_request_is_reserved_at_no_less_than_its_bill() {
     for _ in 0..3 {
         cases.push(("a sub-micro-USD request", chat(TINY), Billing::default()));
     }
+    let mut cases: Vec<(&str, String, Billing)> = cases
+        .into_iter()
+        .map(|(what, body, billing)| (what, body.to_string(), billing))
+        .collect();
+    // Numbers the gateway re-serialises longer (`1e9` → `1000000000.0`) in a tool schema.
+    let numbers = vec!["1e9"; 20_000].join(",");
+    let raw = format!(
+        r#"{{"model":"{PRICED}","max_tokens":100,"messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"integer","enum":[{numbers}]}}}}}}]}}"#
+    );
+    cases.push(("numbers that re-serialise longer", raw, Billing::default()));
 
     // What each forwarded request was (the probes first); failures are collected, not
     // asserted one by one, so a run shows every case that breaks.
@@ -190,7 +204,11 @@ async fn every_crafted_request_is_reserved_at_no_less_than_its_bill() {
     for (what, body, billing) in &cases {
         gw.fake.set_chat(billed(billing.clone()));
         let before = gw.fake.requests_to(CHAT).len();
-        let r = run.client().post_json(CHAT, body).await.unwrap();
+        let r = run
+            .client()
+            .post_raw_json(CHAT, body.clone())
+            .await
+            .unwrap();
         if gw.fake.requests_to(CHAT).len() > before {
             labels.push(what);
         }

@@ -111,8 +111,11 @@ async fn admit(
     let admitted = enforce::admit_body(endpoint, &bytes, g)?;
     let output = OutputField::for_path(parts.uri.path());
     let mut value = Value::Object(admitted.body);
-    let shape =
-        RequestShape::from_json(&value, bytes.len(), output).map_err(|e| estimate_refusal(e, g))?;
+    // The upstream reads the body as re-serialised, which can be longer than the agent's
+    // (`1e9` becomes `1000000000.0`): bound the prompt by the longer of the two.
+    let forwarded_len = serde_json::to_vec(&value).map_or(0, |v| v.len());
+    let shape = RequestShape::from_json(&value, bytes.len().max(forwarded_len), output)
+        .map_err(|e| estimate_refusal(e, g))?;
     let meta = RequestMeta {
         endpoint: endpoint.name().to_owned(),
         model: admitted.models[0].clone(),

@@ -17,7 +17,8 @@
 //! context length where known, because:
 //! - every tokenizer these providers use (byte-level BPE, SentencePiece with byte fallback, ...)
 //!   emits at most one token per byte of UTF-8 text, and the JSON body holds every prompt byte
-//!   plus quoting, keys and punctuation;
+//!   plus quoting, keys and punctuation (the caller passes the longer of the body received and
+//!   the body forwarded, as re-serialising can lengthen it);
 //! - what the body does not hold is added explicitly: chat-template and tool-use scaffolding
 //!   (`overhead_tokens`, e.g. a tool-use system prompt of a few hundred tokens), and the tokens
 //!   an inline image turns into (`image_tokens` per image: providers scale images down to a
