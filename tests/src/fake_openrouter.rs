@@ -4,7 +4,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /api/v1/chat/completions` | [`ChatScript`]: JSON, or SSE when the body says `"stream": true` |
+//! | `POST /api/v1/chat/completions` | [`ChatScript`]: JSON, or SSE when the body says `"stream": true`; billed per [`Cost`] ([`Cost::Billed`]: as a real OpenRouter could at the worst) |
 //! | `POST /api/v1/embeddings` | [`EmbeddingsScript`] |
 //! | `GET /api/v1/generation?id=X` | [`GenerationScript`]: 404 `misses` times per id, then the cost |
 //! | `GET /api/v1/models` | the model list ([`default_models`]) |
