@@ -173,6 +173,12 @@ async fn verification_phase_capture_reaches_only_public_or_allowed_destinations(
         .await
         .unwrap();
 
+    // The usage port is one of tollgate's own: refused even at a public address.
+    let dst = sock(IpAddr::from(V4_B), USAGE_PORT);
+    let (received, log) = agent_connect(&ns, &proxy, dst).await;
+    assert_eq!(received, "", "{log}");
+    assert_eq!(log["reason"], "proxy-port", "{log}");
+
     for &(addr, refused) in DESTINATIONS {
         let ip: IpAddr = addr.parse().unwrap();
         let dst = sock(ip, PORT);
@@ -209,12 +215,6 @@ async fn verification_phase_capture_reaches_only_public_or_allowed_destinations(
             .contains("10.99.0.2 is private"),
         "{log}"
     );
-
-    // The usage port is one of tollgate's own: refused even at a public address.
-    let dst = sock(IpAddr::from(V4_B), USAGE_PORT);
-    let (received, log) = agent_connect(&ns, &proxy, dst).await;
-    assert_eq!(received, "", "{log}");
-    assert_eq!(log["reason"], "proxy-port", "{log}");
 
     for (reason, n) in [
         ("non-public-address", 5.0),
