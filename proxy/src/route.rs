@@ -1,4 +1,5 @@
-//! The routing decision: a pure function of (SNI, original destination, phase, policy).
+//! The routing decision: a pure function of (ClientHello, original destination, phase, policy),
+//! or, for captured connections, of (original destination, phase, policy, the proxy's own ports).
 //!
 //! Keeping it pure (no I/O, no clock) makes every routing rule a table-driven unit test, and makes
 //! the decision a value the connection logs and counts exactly once.
