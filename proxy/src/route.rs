@@ -109,6 +109,9 @@ pub fn decide_capture(
     let Some(dst) = orig_dst else {
         return Decision::reject(reason::NO_ORIGINAL_DESTINATION);
     };
+    // `::ffff:a.b.c.d` is IPv4 on the wire: match it against IPv4 entries, so that neither a
+    // deny entry nor an allow entry depends on how the address was spelt.
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     if address::is_cloud_metadata(dst.ip()) {
         return Decision::reject(reason::METADATA);
     }

@@ -243,6 +243,21 @@ fn decides_captured_connections_by_original_destination() {
             "verification-open",
             None,
         ),
+        // A v4-mapped spelling matches the IPv4 entries, deny and allow alike.
+        (
+            Some("[::ffff:203.0.113.5]:22"),
+            Verification,
+            Route::Reject,
+            "denied",
+            Some("203.0.113.0/24 ports 22"),
+        ),
+        (
+            Some("[::ffff:172.20.1.2]:6379"),
+            Agent,
+            Route::Tunnel,
+            "allow-listed",
+            Some("172.20.0.0/16 ports 6379"),
+        ),
         // The usage port is one of the proxy's own.
         (
             Some("198.51.100.9:8080"),
