@@ -231,24 +231,11 @@ async fn serve(
     let decision = route::decide_hello(&hello, orig_dst, phase, &policy);
     match decision.route {
         Route::Reject => {
-            let mut outcome = Outcome::rejected(
-                Listener::Sni,
-                phase,
-                Some(hello.sni),
-                decision,
-                raw.len() as u64,
-            );
-            if let (route::reason::ECH, Some(kind)) = (outcome.decision.reason, hello.encrypted) {
-                ctx.metrics
-                    .client_hello_failures
-                    .with_label_values(&[route::reason::ECH])
-                    .inc();
-                outcome.error = Some(format!(
-                    "client hello carries {}: the real server name is hidden; the host's policy \
-                     does not set ech = true",
-                    kind.as_str()
-                ));
-            }
+            let error = ech_refusal(&ctx.metrics, &decision, hello.encrypted);
+            let sni = Some(hello.sni);
+            let mut outcome =
+                Outcome::rejected(Listener::Sni, phase, sni, decision, raw.len() as u64);
+            outcome.error = error;
             outcome
         }
         Route::Tunnel => tunnel(stream, raw, hello, decision, phase, &policy, ctx, stop).await,
@@ -278,6 +265,25 @@ async fn serve(
             }
         }
     }
+}
+
+/// For a hello the ECH screen refused: counts it with the ClientHello failures (it is the hello's
+/// content that is refused) and says which extension; `None` for every other rejection.
+fn ech_refusal(
+    metrics: &Metrics,
+    decision: &Decision,
+    encrypted: Option<client_hello::Encrypted>,
+) -> Option<String> {
+    let kind = encrypted.filter(|_| decision.reason == route::reason::ECH)?;
+    metrics
+        .client_hello_failures
+        .with_label_values(&[route::reason::ECH])
+        .inc();
+    Some(format!(
+        "client hello carries {}: the real server name is hidden; the host's policy does not set \
+         ech = true",
+        kind.as_str()
+    ))
 }
 
 #[allow(clippy::too_many_arguments)] // the stage's inputs, each used once
