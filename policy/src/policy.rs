@@ -20,6 +20,9 @@ pub struct HostRule {
     pub port: Option<u16>,
     /// Non-public ranges this host may be dialled in despite the default refusal.
     pub allow_ranges: Vec<ipnet::IpNet>,
+    /// Tunnel ClientHellos that carry Encrypted Client Hello (or ESNI) for this host, accepting
+    /// that the real destination is then any host its client-facing server fronts. Default false.
+    pub ech: bool,
 }
 
 /// Tunnel timeouts from `[tunnel]`.

@@ -181,6 +181,8 @@ pub(crate) struct RawHost {
     /// Read wider than u16 so that 0 or 70000 get our message, not serde's.
     pub port: Option<Spanned<i64>>,
     pub allow_ranges: Vec<Spanned<String>>,
+    /// Opt-in to tunnelling ECH-bearing hellos for this host.
+    pub ech: Option<bool>,
 }
 
 /// `[capture]`: where connections captured by the catch-all redirect (not the SNI ports) may go.

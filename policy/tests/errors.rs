@@ -150,6 +150,13 @@ const CASES: &[(&str, usize, usize, &str, &str)] = &[
         "expected an ip address such as \"192.0.2.10\"",
     ),
     (
+        "ech-not-a-boolean.toml",
+        5,
+        7,
+        "hosts.\"cdn.example\".ech",
+        "expected a boolean, found string \"yes\"",
+    ),
+    (
         "empty-pin-list.toml",
         5,
         7,

@@ -59,6 +59,8 @@ fn examples_say_what_their_names_say() {
         pinned.host_rule("local.test").unwrap().allow_ranges.len(),
         2
     );
+    assert!(pinned.host_rule("ech.test.example").unwrap().ech);
+    assert!(!pinned.host_rule("pypi.org").unwrap().ech);
 }
 
 #[test]

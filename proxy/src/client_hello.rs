@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use tls_parser::{
-    SNIType, TlsExtension, parse_tls_extension_alpn_content, parse_tls_extension_sni_content,
-    parse_tls_handshake_client_hello,
+    SNIType, TlsExtension, TlsExtensionType, parse_tls_extension_alpn_content,
+    parse_tls_extension_sni_content, parse_tls_handshake_client_hello,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tollgate_policy::{HostError, normalize_host};
@@ -39,6 +39,30 @@ const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
 const EXT_KEY_SHARE: u16 = 51;
+/// encrypted_client_hello (RFC 9849 / draft-ietf-tls-esni-13 and later, as browsers ship it).
+const EXT_ECH: u16 = 0xfe0d;
+/// The earlier encrypted_server_name (ESNI drafts), which tls-parser still knows by name.
+const EXT_ESNI: u16 = TlsExtensionType::EncryptedServerName.0;
+
+/// An extension that hides the real server name behind the outer SNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encrypted {
+    /// `encrypted_client_hello` (0xfe0d): real ECH, or the GREASE that Chromium sends by default
+    /// (the two are indistinguishable on the wire by design).
+    Ech,
+    /// `encrypted_server_name` (0xffce), ECH's abandoned predecessor.
+    Esni,
+}
+
+impl Encrypted {
+    /// The extension's name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encrypted::Ech => "encrypted_client_hello",
+            Encrypted::Esni => "encrypted_server_name",
+        }
+    }
+}
 
 /// What routing needs from a ClientHello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +77,8 @@ pub struct ClientHello {
     pub supported_versions: Vec<u16>,
     /// Named groups of the key_share entries as sent (GREASE included), e.g. 0x11ec for X25519MLKEM768.
     pub key_share_groups: Vec<u16>,
+    /// Set when the hello carries ECH or ESNI: the SNI above is then only the outer name.
+    pub encrypted: Option<Encrypted>,
 }
 
 /// Why no ClientHello could be read; all but `Io` are the client's doing.
@@ -345,6 +371,8 @@ struct Extensions<'a> {
     alpn: Option<&'a [u8]>,
     supported_versions: Option<&'a [u8]>,
     key_share: Option<&'a [u8]>,
+    /// The first of ECH / ESNI found (a hello with both is refused as ECH either way).
+    encrypted: Option<Encrypted>,
 }
 
 /// Parses a complete handshake message (header included) already known to be a ClientHello.
@@ -372,6 +400,7 @@ fn parse(message: &[u8]) -> Result<ClientHello, HelloError> {
             .map(key_share_groups)
             .transpose()?
             .unwrap_or_default(),
+        encrypted: extensions.encrypted,
     })
 }
 
@@ -386,6 +415,13 @@ fn split_extensions(mut block: &[u8]) -> Result<Extensions<'_>, HelloError> {
         let (data, rest) = take(rest, usize::from(len)).ok_or(FRAMING)?;
         block = rest;
         types.push(kind);
+        // Presence is what matters: the content is opaque (an HPKE ciphertext, or GREASE).
+        let encrypted = match kind {
+            EXT_ECH => Some(Encrypted::Ech),
+            EXT_ESNI => Some(Encrypted::Esni),
+            _ => None,
+        };
+        found.encrypted = found.encrypted.or(encrypted);
         let slot = match kind {
             EXT_SERVER_NAME => &mut found.server_name,
             EXT_ALPN => &mut found.alpn,

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::orig_dst::OrigDst;
 use crate::phase;
 use crate::route::{self, Decision, Route};
-use crate::tunnel::{self, Counters, Resolve, Target};
+use crate::tunnel::{self, Counters, Resolve, Target, address};
 
 /// Which listener accepted a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,15 +228,16 @@ async fn serve(
     // One snapshot per connection: a reload mid-connection changes nothing for it.
     let policy = ctx.policy.load_full();
     let phase = ctx.phase.get();
-    let decision = route::decide(&hello.sni, orig_dst, phase, &policy);
+    let decision = route::decide_hello(&hello, orig_dst, phase, &policy);
     match decision.route {
-        Route::Reject => Outcome::rejected(
-            Listener::Sni,
-            phase,
-            Some(hello.sni),
-            decision,
-            raw.len() as u64,
-        ),
+        Route::Reject => {
+            let error = ech_refusal(&ctx.metrics, &decision, hello.encrypted);
+            let sni = Some(hello.sni);
+            let mut outcome =
+                Outcome::rejected(Listener::Sni, phase, sni, decision, raw.len() as u64);
+            outcome.error = error;
+            outcome
+        }
         Route::Tunnel => tunnel(stream, raw, hello, decision, phase, &policy, ctx, stop).await,
         Route::Intercept => {
             let sni = hello.sni.clone();
@@ -264,6 +265,25 @@ async fn serve(
             }
         }
     }
+}
+
+/// For a hello the ECH screen refused: counts it with the ClientHello failures (it is the hello's
+/// content that is refused) and says which extension; `None` for every other rejection.
+fn ech_refusal(
+    metrics: &Metrics,
+    decision: &Decision,
+    encrypted: Option<client_hello::Encrypted>,
+) -> Option<String> {
+    let kind = encrypted.filter(|_| decision.reason == route::reason::ECH)?;
+    metrics
+        .client_hello_failures
+        .with_label_values(&[route::reason::ECH])
+        .inc();
+    Some(format!(
+        "client hello carries {}: the real server name is hidden; the host's policy does not set \
+         ech = true",
+        kind.as_str()
+    ))
 }
 
 #[allow(clippy::too_many_arguments)] // the stage's inputs, each used once
@@ -310,14 +330,20 @@ async fn capture(
     let dst = match (decision.route, orig_dst) {
         (Route::Tunnel, Some(dst)) => dst,
         _ => {
+            let mut error = None;
             if let Some(dst) = orig_dst {
                 let port = crate::metrics::port_label(dst.port());
                 ctx.metrics
                     .capture_rejections
-                    .with_label_values(&[port.as_ref()])
+                    .with_label_values(&[port.as_ref(), decision.reason])
                     .inc();
+                error = address::non_public_kind(dst.ip())
+                    .filter(|_| decision.reason == route::reason::NON_PUBLIC_ADDRESS)
+                    .map(|kind| format!("{} is {kind} and no [capture] allow names it", dst.ip()));
             }
-            return Outcome::rejected(Listener::Capture, phase, None, decision, 0);
+            let mut outcome = Outcome::rejected(Listener::Capture, phase, None, decision, 0);
+            outcome.error = error;
+            return outcome;
         }
     };
     let deadline = Instant::now() + policy.tunnel.connect_timeout;

@@ -10,8 +10,10 @@
 //!
 //! - [`accept`]: listeners, the connection limit, graceful drain; runs one [`connection`] per socket.
 //! - [`orig_dst`]: the pre-REDIRECT destination (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
-//! - [`client_hello`]: reassembles and parses the TLS ClientHello (SNI, ALPN), fail closed.
-//! - [`route`]: the pure decision `(sni, orig_dst, phase, policy) → Decision`.
+//! - [`client_hello`]: reassembles and parses the TLS ClientHello (SNI, ALPN, whether it carries
+//!   ECH/ESNI), fail closed.
+//! - [`route`]: the pure decision `(hello, orig_dst, phase, policy) → Decision` (ECH screen
+//!   included); for captured connections `(orig_dst, phase, policy, own ports)`, address filter included.
 //! - [`tunnel`]: resolve, filter and dial the SNI host; replay the hello; copy both ways.
 //! - [`intercept`]: the seam, and the LLM gateway behind it: per-Pod CA, TLS termination, one
 //!   HTTP exchange per request (`intercept::exchange`, `intercept::settle`).

@@ -44,7 +44,8 @@ pub struct Metrics {
     pub client_hello_failures: IntCounterVec,
     /// Connections refused before reading a byte (the open-connection limit).
     pub connections_refused: IntCounterVec,
-    /// Captured (non-SNI-port) connections rejected, by destination port (escape attempts).
+    /// Captured (non-SNI-port) connections rejected, by destination port (escape attempts) and
+    /// the decision's reason.
     pub capture_rejections: IntCounterVec,
     /// Connections currently open.
     pub open_connections: IntGauge,
@@ -98,9 +99,9 @@ impl Metrics {
             capture_rejections: IntCounterVec::new(
                 Opts::new(
                     "tollgate_capture_rejections_total",
-                    "Captured connections rejected, by original destination port (well-known ports; others are `other`).",
+                    "Captured connections rejected, by original destination port (well-known ports; others are `other`) and reason.",
                 ),
-                &["port"],
+                &["port", "reason"],
             )
             .expect("static metric definition is valid"),
             open_connections: IntGauge::new("tollgate_open_connections", "Connections currently open.")
@@ -190,6 +191,8 @@ impl Metrics {
         for reason in HELLO_FAILURES {
             self.client_hello_failures.with_label_values(&[reason]);
         }
+        // Not a parse failure but a refusal of what the hello carries (route's ECH screen).
+        self.client_hello_failures.with_label_values(&["ech"]);
         for to in ["agent", "verification"] {
             for source in ["label", "sentinel", "policy"] {
                 self.phase_transitions.with_label_values(&[to, source]);

@@ -1,4 +1,5 @@
-//! The routing decision: a pure function of (SNI, original destination, phase, policy).
+//! The routing decision: a pure function of (ClientHello, original destination, phase, policy),
+//! or, for captured connections, of (original destination, phase, policy, the proxy's own ports).
 //!
 //! Keeping it pure (no I/O, no clock) makes every routing rule a table-driven unit test, and makes
 //! the decision a value the connection logs and counts exactly once.
@@ -7,6 +8,9 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use tollgate_policy::{Destination, Phase, Policy};
+
+use crate::client_hello::ClientHello;
+use crate::tunnel::address;
 
 /// Where a connection goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,22 +81,25 @@ pub mod reason {
     pub const VERIFICATION_OPEN: &str = "verification-open";
     /// A captured connection that was not redirected: nothing to route it to.
     pub const NO_ORIGINAL_DESTINATION: &str = "no-original-destination";
-    /// Cloud metadata endpoints, refused whatever the policy says.
+    /// Cloud metadata and agent endpoints, refused whatever the policy says.
     pub const METADATA: &str = "metadata";
+    /// A non-public destination (the Pod, the node, the cluster) the policy does not open; the
+    /// tunnel's dial failure for resolved addresses carries the same reason.
+    pub const NON_PUBLIC_ADDRESS: &str = "non-public-address";
+    /// A ClientHello that carries Encrypted Client Hello (or the older ESNI) for a host whose
+    /// policy does not opt in: the outer SNI would not name the real destination.
+    pub const ECH: &str = "ech";
     /// One of the proxy's own ports: would loop, or reach the proxy's internals.
     pub const PROXY_PORT: &str = "proxy-port";
 }
 
-/// Cloud metadata endpoints (AWS, GCP, Azure, OpenStack share the v4 one; AWS's IPv6 one).
-pub const METADATA_ADDRESSES: [std::net::IpAddr; 2] = [
-    std::net::IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254)),
-    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-];
-
 /// Decides where a captured (non-SNI-port) connection goes, from its original destination.
 ///
-/// Metadata endpoints and the proxy's own ports are refused first, whatever the policy says;
-/// then the deny list; then the phase: agent needs an allow entry, verification passes through.
+/// In order: cloud metadata and agent endpoints, then the proxy's own ports, are refused whatever
+/// the policy says; then the deny list; then any non-public destination (private, loopback,
+/// link-local, CGNAT, ULA...: the Pod, the node, the cluster) that no `[capture] allow` entry
+/// names, in both phases, exactly as the tunnel filters resolved addresses; then the phase: agent
+/// needs an allow entry, verification passes through.
 pub fn decide_capture(
     orig_dst: Option<SocketAddr>,
     phase: Phase,
@@ -102,11 +109,10 @@ pub fn decide_capture(
     let Some(dst) = orig_dst else {
         return Decision::reject(reason::NO_ORIGINAL_DESTINATION);
     };
-    let ip = match dst.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(dst.ip(), std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    if METADATA_ADDRESSES.contains(&ip) {
+    // `::ffff:a.b.c.d` is IPv4 on the wire: match it against IPv4 entries, so that neither a
+    // deny entry nor an allow entry depends on how the address was spelt.
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    if address::is_cloud_metadata(dst.ip()) {
         return Decision::reject(reason::METADATA);
     }
     if own_ports.contains(&dst.port()) {
@@ -115,15 +121,19 @@ pub fn decide_capture(
     if let Some(rule) = policy.capture.denied(dst) {
         return destination(Route::Reject, reason::DENIED, rule);
     }
+    let allowed = policy.capture.allowed(dst);
+    if allowed.is_none() && address::non_public_kind(dst.ip()).is_some() {
+        return Decision::reject(reason::NON_PUBLIC_ADDRESS);
+    }
     match phase {
-        Phase::Agent => match policy.capture.allowed(dst) {
+        Phase::Agent => match allowed {
             Some(rule) => destination(Route::Tunnel, reason::ALLOW_LISTED, rule),
             None => Decision::reject(reason::NOT_ALLOW_LISTED),
         },
         Phase::Verification => Decision {
             route: Route::Tunnel,
             reason: reason::VERIFICATION_OPEN,
-            rule: policy.capture.allowed(dst).map(ToString::to_string),
+            rule: allowed.map(ToString::to_string),
         },
     }
 }
@@ -160,6 +170,32 @@ pub fn decide(sni: &str, _orig_dst: Option<SocketAddr>, phase: Phase, policy: &P
             rule: policy.allow.find(sni).map(ToString::to_string),
         },
     }
+}
+
+/// [`decide`] for a parsed ClientHello, then the ECH screen: a hello carrying ECH (or ESNI) names
+/// its real destination only inside the encryption, so tunnelling it on the outer SNI would let
+/// the agent reach any host behind the same client-facing server (domain fronting by design).
+/// Such a tunnel is refused unless the outer SNI's `[hosts]` rule opts in with `ech = true`.
+///
+/// Intercepted hosts are not screened: the gateway terminates TLS itself, so the hidden name never
+/// reaches anyone. Chromium's default ECH GREASE looks exactly like real ECH and is refused too
+/// (README "ECH and domain fronting" says why and what to do).
+pub fn decide_hello(
+    hello: &ClientHello,
+    orig_dst: Option<SocketAddr>,
+    phase: Phase,
+    policy: &Policy,
+) -> Decision {
+    let decision = decide(&hello.sni, orig_dst, phase, policy);
+    let opted_in = || policy.host_rule(&hello.sni).is_some_and(|rule| rule.ech);
+    if decision.route == Route::Tunnel && hello.encrypted.is_some() && !opted_in() {
+        return Decision {
+            route: Route::Reject,
+            reason: reason::ECH,
+            ..decision
+        };
+    }
+    decision
 }
 
 fn matched(route: Route, reason: &'static str, rule: &impl ToString) -> Decision {

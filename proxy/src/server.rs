@@ -135,6 +135,13 @@ impl Server {
             ));
         }
 
+        // Every port tollgate listens on is refused as a captured destination (the usage port
+        // too, served or not): a redirect back into the proxy would loop or reach its internals.
+        let mut own_ports: Vec<u16> = usage
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.port())
+            .collect();
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
@@ -151,7 +158,6 @@ impl Server {
             }
         }
         let ready = Arc::new(Readiness::default());
-        let mut own_ports = Vec::new();
         if let Some(admin_listener) = admin {
             own_ports.extend(log_listening("admin", &admin_listener));
             tokio::spawn(admin::serve(

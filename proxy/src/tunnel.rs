@@ -90,7 +90,7 @@ impl DialError {
     pub fn reason(&self) -> &'static str {
         match self {
             DialError::Resolve(_) => "resolve-failed",
-            DialError::NonPublic { .. } => "non-public-address",
+            DialError::NonPublic { .. } => crate::route::reason::NON_PUBLIC_ADDRESS,
             DialError::Connect(_) => "connect-failed",
             DialError::Timeout => "connect-timeout",
         }
@@ -144,8 +144,8 @@ pub async fn dial(
     Err(last_err)
 }
 
-/// Connects to one address by `deadline`. Used as is (no address filter) for captured
-/// connections, whose destination the policy named explicitly.
+/// Connects to one address by `deadline`, with no address filter of its own: [`dial`] filters
+/// resolved addresses, and the capture router's decision has already judged its destination.
 pub async fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, DialError> {
     match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {

@@ -1,6 +1,7 @@
 //! ClientHello bytes for tests that poke the proxy's parser without a full TLS client:
 //! a genuine one produced by rustls, and hand-made ones whose SNI, size and record framing a
-//! real client would never produce (IP literal or mixed-case SNI, 16 KiB+ padding, fragments).
+//! real client would never produce (IP literal or mixed-case SNI, 16 KiB+ padding, fragments),
+//! and any of them with one more extension appended (ECH, ESNI).
 
 use std::sync::Arc;
 
@@ -84,6 +85,59 @@ pub fn client_hello(sni: Option<&[u8]>) -> Vec<u8> {
     tls_records(&client_hello_message(sni, 0), MAX_FRAGMENT)
 }
 
+/// `encrypted_client_hello`, the extension ECH (and Chromium's ECH GREASE) adds to a hello.
+pub const EXT_ECH: u16 = 0xfe0d;
+/// `encrypted_server_name`, ECH's predecessor in the ESNI drafts.
+pub const EXT_ESNI: u16 = 0xffce;
+
+/// The body of an outer `encrypted_client_hello` extension shaped as a real client sends it
+/// (RFC 9849 §5: type outer, HKDF-SHA256 + AES-128-GCM, a config id, an X25519 `enc`, and a
+/// ciphertext). The bytes are made up: a proxy cannot tell them from a real ciphertext, nor
+/// from GREASE, which is the point.
+pub fn ech_outer_extension() -> Vec<u8> {
+    let mut data = vec![0]; // ECHClientHelloType outer
+    data.extend_from_slice(&[0x00, 0x01, 0x00, 0x01]); // kdf_id, aead_id
+    data.push(0x42); // config_id
+    put_u16(&mut data, 32);
+    data.extend((0..32u8).map(|b| b.wrapping_mul(13)));
+    put_u16(&mut data, 144);
+    data.extend((0..144u8).map(|b| b.wrapping_mul(29) ^ 0xa5));
+    data
+}
+
+/// Appends extension `kind` with `data` to a first flight holding one ClientHello in one TLS
+/// record (what rustls sends), fixing the record, handshake and extensions lengths.
+pub fn append_extension(flight: &[u8], kind: u16, data: &[u8]) -> Result<Vec<u8>> {
+    const RECORD: usize = 5;
+    const HANDSHAKE: usize = 4;
+    let record_len = usize::from(u16::from_be_bytes([flight[3], flight[4]]));
+    anyhow::ensure!(
+        flight.len() == RECORD + record_len && flight.get(RECORD) == Some(&1),
+        "expected exactly one record holding a ClientHello"
+    );
+    // Walk the body to the extensions: version, random, session id, cipher suites, compression.
+    let body = RECORD + HANDSHAKE;
+    let mut at = body + 2 + 32;
+    at += 1 + usize::from(flight[at]);
+    at += 2 + usize::from(u16::from_be_bytes([flight[at], flight[at + 1]]));
+    at += 1 + usize::from(flight[at]);
+    let ext_len = usize::from(u16::from_be_bytes([flight[at], flight[at + 1]]));
+    anyhow::ensure!(at + 2 + ext_len == flight.len(), "extensions end the hello");
+
+    let added = 4 + data.len();
+    let mut out = flight.to_vec();
+    put_ext(&mut out, kind, data);
+    let set_u16 = |out: &mut Vec<u8>, at: usize, n: usize| {
+        let n = u16::try_from(n).expect("a test hello stays under 64 KiB");
+        out[at..at + 2].copy_from_slice(&n.to_be_bytes());
+    };
+    set_u16(&mut out, at, ext_len + added);
+    set_u16(&mut out, 3, record_len + added);
+    let hs_len = u32::try_from(record_len + added - HANDSHAKE).expect("fits");
+    out[RECORD + 1..RECORD + 4].copy_from_slice(&hs_len.to_be_bytes()[1..]);
+    Ok(out)
+}
+
 fn put_u16(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(
         &u16::try_from(n)
@@ -110,6 +164,26 @@ mod tests {
         assert_eq!(msg.len(), MAX_FRAGMENT + 5);
         let records = tls_records(&msg, MAX_FRAGMENT);
         assert_eq!(records.len(), msg.len() + 2 * 5, "two records");
+    }
+
+    #[test]
+    fn appended_extension_keeps_every_length_consistent() {
+        let flight = client_hello(Some(b"a.test"));
+        let data = ech_outer_extension();
+        let out = append_extension(&flight, EXT_ECH, &data).unwrap();
+        assert_eq!(out.len(), flight.len() + 4 + data.len());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([out[3], out[4]])),
+            out.len() - 5
+        );
+        assert_eq!(
+            u32::from_be_bytes([0, out[6], out[7], out[8]]) as usize,
+            out.len() - 9
+        );
+        assert!(out.ends_with(&data));
+        // Twice is fine too: each call re-reads the lengths it wrote.
+        let twice = append_extension(&out, 0x1234, &[]).unwrap();
+        assert_eq!(twice.len(), out.len() + 4);
     }
 
     #[test]

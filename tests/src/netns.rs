@@ -163,6 +163,21 @@ impl Netns {
         connect_tcp_in(&self.name, addr)
     }
 
+    /// A connection to `dst` made from inside the namespace with source address `src` (port
+    /// chosen by the kernel), so that iptables rules can tell this "agent" from the proxy.
+    pub fn connect_tcp_from(&self, src: IpAddr, dst: SocketAddr) -> Result<TcpStream> {
+        in_netns(self.path(), move || {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(dst),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+            socket.connect_timeout(&dst.into(), std::time::Duration::from_secs(5))?;
+            Ok(socket.into())
+        })
+    }
+
     /// Like [`Netns::connect_tcp`], as a tokio stream.
     pub fn connect_tokio(&self, addr: SocketAddr) -> Result<tokio::net::TcpStream> {
         let s = self.connect_tcp(addr)?;

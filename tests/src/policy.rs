@@ -19,6 +19,8 @@ pub struct HostPin {
     pub port: Option<u16>,
     /// CIDRs that make non-public pinned addresses dialable.
     pub allow_ranges: Vec<String>,
+    /// `ech = true`: tunnel ClientHellos carrying ECH for this host.
+    pub ech: bool,
 }
 
 /// A policy file, as tests need it; [`PolicySpec::to_toml`] renders version 1.
@@ -38,6 +40,8 @@ pub struct PolicySpec {
     pub idle_timeout: String,
     /// `[hosts.*]` entries.
     pub hosts: Vec<HostPin>,
+    /// TOML appended as written, for tables this builder does not model (e.g. `[capture]`).
+    pub extra: Vec<String>,
 }
 
 impl Default for PolicySpec {
@@ -50,6 +54,7 @@ impl Default for PolicySpec {
             connect_timeout: "2s".into(),
             idle_timeout: "30s".into(),
             hosts: Vec::new(),
+            extra: Vec::new(),
         }
     }
 }
@@ -85,6 +90,7 @@ impl PolicySpec {
             pin: ips.to_vec(),
             port: Some(port),
             allow_ranges: Vec::new(),
+            ech: false,
         });
         self
     }
@@ -96,7 +102,21 @@ impl PolicySpec {
             pin: vec![IpAddr::from([127, 0, 0, 1])],
             port: Some(port),
             allow_ranges: vec!["127.0.0.0/8".into()],
+            ech: false,
         });
+        self
+    }
+
+    /// Sets `ech = true` on the `[hosts]` entry of `name` (pin it first).
+    pub fn ech(mut self, name: &str) -> PolicySpec {
+        let host = self.hosts.iter_mut().find(|h| h.name == name);
+        host.expect("ech() needs a pinned host entry").ech = true;
+        self
+    }
+
+    /// Appends `toml` to the file as written (tables after `[hosts]`, such as `[capture]`).
+    pub fn raw(mut self, toml: &str) -> PolicySpec {
+        self.extra.push(toml.into());
         self
     }
 
@@ -122,6 +142,12 @@ impl PolicySpec {
             if !h.allow_ranges.is_empty() {
                 let _ = writeln!(s, "allow_ranges = {}", list(&h.allow_ranges));
             }
+            if h.ech {
+                let _ = writeln!(s, "ech = true");
+            }
+        }
+        for extra in &self.extra {
+            let _ = write!(s, "\n{extra}\n");
         }
         s
     }

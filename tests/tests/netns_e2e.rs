@@ -16,20 +16,30 @@ use tollgate_tests::fixture::{SETTLE, TEST_NAMES};
 use tollgate_tests::hello::rustls_client_hello;
 use tollgate_tests::netns::{Netns, V4_A, V4_B, V6_A, V6_B, sock};
 use tollgate_tests::pki::{ALPN_HTTP11, Ca};
-use tollgate_tests::policy::PolicySpec;
+use tollgate_tests::policy::{HostPin, PolicySpec};
 use tollgate_tests::proxy::Proxy;
 use tollgate_tests::require_root;
 use tollgate_tests::tls_server::TlsServer;
 
 const PROXY_PORT: u16 = 15443;
 const UPSTREAM_PORT: u16 = 8443;
-const NON_PUBLIC: [(&str, &str); 5] = [
+const NON_PUBLIC: [(&str, &str); 11] = [
     ("metadata.test", "169.254.169.254"),
     ("private.test", "10.0.0.1"),
     ("cgnat.test", "100.64.0.1"),
     ("ula.test", "fd00::1"),
     ("mapped.test", "::ffff:127.0.0.1"),
+    // Cloud agents (EKS Pod Identity; Azure WireServer is a public address) and the ranges the
+    // classifier learnt in issue 8.
+    ("podidentity.test", "169.254.170.23"),
+    ("wireserver.test", "168.63.129.16"),
+    ("bench.test", "198.18.0.1"),
+    ("nat64.test", "64:ff9b:1::a00:1"),
+    ("teredo.test", "2001::1"),
+    ("translated.test", "::ffff:0:10.0.0.1"),
 ];
+/// Pinned to the metadata service with an `allow_ranges` that covers it: still never dialled.
+const METADATA_ALLOWED: &str = "imds.test";
 
 /// One namespace with the proxy on the `.1` addresses and three upstreams inside it.
 struct World {
@@ -91,6 +101,14 @@ impl World {
                 .allow(&[host])
                 .pin(host, &[ip.parse().unwrap()], UPSTREAM_PORT);
         }
+        spec = spec.allow(&[METADATA_ALLOWED]);
+        spec.hosts.push(HostPin {
+            name: METADATA_ALLOWED.into(),
+            pin: vec!["169.254.169.254".parse().unwrap()],
+            port: Some(UPSTREAM_PORT),
+            allow_ranges: vec!["169.254.0.0/16".into()],
+            ech: false,
+        });
         let dir = tempfile::Builder::new()
             .prefix("tollgate-netns-")
             .tempdir()
@@ -258,6 +276,29 @@ async fn rejects_unlisted_denied_and_non_public_pins_and_cuts_slow_drips() {
         2.0
     );
     assert_eq!(w.v4.stats().connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_public_and_cloud_agent_pins_are_never_dialled() {
+    if !require_root() {
+        return;
+    }
+    // The namespace has no route anywhere but its veth: a dial would fail as connect-failed,
+    // so `non-public-address` shows the address filter refused before dialling.
+    let w = World::new(&[]).await;
+    for (host, ip) in NON_PUBLIC {
+        let log = w.assert_rejected(w.v4_addr(), host).await;
+        assert_eq!(
+            log["reason"], "non-public-address",
+            "{host} pinned to {ip}: {log}"
+        );
+    }
+    let log = w.assert_rejected(w.v6_addr(), METADATA_ALLOWED).await;
+    assert_eq!(log["reason"], "non-public-address", "{log}");
+    assert!(
+        log["error"].as_str().unwrap().contains("cloud-metadata"),
+        "{log}"
+    );
 }
 
 /// Looks for an iptables binary; without one the REDIRECT test skips (or fails in strict mode).

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::Value;
+use tokio::io::AsyncReadExt;
 use tollgate_tests::clients::https_get;
 use tollgate_tests::eventually;
 use tollgate_tests::fixture::{Loopback, SETTLE};
@@ -528,5 +529,138 @@ async fn assert_phase_gauge(proxy: &tollgate_tests::proxy::Proxy, current: &str)
             .await
             .unwrap();
         assert_eq!(got, want, "tollgate_phase{{phase={phase}}}");
+    }
+}
+
+/// A real Chromium first flight (SNI `pq.example.test`): Chromium adds an ECH GREASE extension
+/// (0xfe0d) to every hello by default, indistinguishable from real ECH on the wire.
+const CHROMIUM_HELLO: &[u8] =
+    include_bytes!("../../proxy/src/client_hello/fixtures/chromium_pq.bin");
+
+/// Sends `bytes` and waits until the proxy dialled the upstream (the tunnel is up); hangs up and
+/// returns the connection's log line.
+async fn assert_dials_upstream(
+    lb: &Loopback,
+    proxy: &tollgate_tests::proxy::Proxy,
+    bytes: &[u8],
+) -> Value {
+    let before = lb.server.stats().connections();
+    let mut raw = tollgate_tests::clients::RawClient::connect(proxy.sni_addr())
+        .await
+        .unwrap();
+    let peer = raw.local_addr().unwrap();
+    raw.send(bytes).await.unwrap();
+    let upstream = lb.server.stats();
+    eventually(SETTLE, "the upstream to be dialed", || async {
+        (upstream.connections() > before).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(raw);
+    proxy.wait_for_peer(peer, SETTLE).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ech_and_esni_hellos_are_refused_unless_the_host_opts_in() {
+    use tollgate_tests::hello::{EXT_ECH, EXT_ESNI, append_extension, ech_outer_extension};
+    let lb = Loopback::new().await.unwrap();
+    let port = lb.server.port();
+    let spec = lb
+        .policy()
+        .allow(&["pq.example.test", "cdn.wild.test"])
+        .pin_loopback("pq.example.test", port)
+        .pin_loopback("cdn.wild.test", port)
+        .ech("cdn.wild.test");
+    let proxy = lb.proxy(&spec).await.unwrap();
+    let rustls = |sni: &str| rustls_client_hello(lb.h1.clone(), sni).unwrap();
+    let ech = ech_outer_extension();
+
+    // A real rustls hello for an allow-listed host, plus ECH: the outer SNI is allowed, the real
+    // destination is hidden. Refused without a byte, never dialled.
+    let with_ech = append_extension(&rustls("allowed.test"), EXT_ECH, &ech).unwrap();
+    let log = lb
+        .assert_rejected_bytes(&proxy, &with_ech, "ECH to allowed.test")
+        .await
+        .unwrap();
+    assert_fields(
+        &log,
+        &[
+            ("sni", "allowed.test"),
+            ("route", "reject"),
+            ("reason", "ech"),
+            ("rule", "allowed.test"),
+        ],
+    );
+    assert!(
+        log["error"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted_client_hello"),
+        "{log}"
+    );
+    // The ESNI drafts' extension likewise.
+    let with_esni = append_extension(&rustls("allowed.test"), EXT_ESNI, &[0; 40]).unwrap();
+    let log = lb
+        .assert_rejected_bytes(&proxy, &with_esni, "ESNI to allowed.test")
+        .await
+        .unwrap();
+    assert_fields(&log, &[("reason", "ech")]);
+    assert!(
+        log["error"]
+            .as_str()
+            .unwrap()
+            .contains("encrypted_server_name"),
+        "{log}"
+    );
+    // Chromium's default hello (ECH GREASE) is refused too: the documented price of the default.
+    let log = lb
+        .assert_rejected_bytes(&proxy, CHROMIUM_HELLO, "Chromium's hello")
+        .await
+        .unwrap();
+    assert_fields(&log, &[("sni", "pq.example.test"), ("reason", "ech")]);
+
+    // The same hellos without the extension still tunnel.
+    lb.assert_tunnels(&proxy, "allowed.test").await.unwrap();
+
+    // A host that opts in (`ech = true`) is tunnelled with ECH.
+    let with_ech = append_extension(&rustls("cdn.wild.test"), EXT_ECH, &ech).unwrap();
+    let log = assert_dials_upstream(&lb, &proxy, &with_ech).await;
+    assert_fields(
+        &log,
+        &[
+            ("sni", "cdn.wild.test"),
+            ("route", "tunnel"),
+            ("reason", "allow-listed"),
+        ],
+    );
+
+    // An intercepted host is terminated by the gateway, so ECH hides nothing there: not refused.
+    let with_ech = append_extension(&rustls("openrouter.ai"), EXT_ECH, &ech).unwrap();
+    let mut raw = tollgate_tests::clients::RawClient::connect(proxy.sni_addr())
+        .await
+        .unwrap();
+    let peer = raw.local_addr().unwrap();
+    raw.send(&with_ech).await.unwrap();
+    // The gateway answers with its ServerHello (a handshake record); then we hang up.
+    let mut stream = raw.into_inner();
+    let mut header = [0u8; 5];
+    tokio::time::timeout(SETTLE, stream.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header[0], 0x16, "a handshake record from the gateway");
+    drop(stream);
+    let log = proxy.wait_for_peer(peer, SETTLE).await.unwrap();
+    assert_fields(&log, &[("sni", "openrouter.ai"), ("route", "intercept")]);
+
+    for (name, labels) in [
+        (HELLO_FAIL, &[("reason", "ech")][..]),
+        (CONN, &[("route", "reject"), ("reason", "ech")][..]),
+    ] {
+        assert_eq!(
+            proxy.metric(name, labels).await.unwrap(),
+            3.0,
+            "{name}{labels:?}"
+        );
     }
 }

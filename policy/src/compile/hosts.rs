@@ -1,4 +1,5 @@
-//! `[hosts."<pattern>"]`: per-host dial settings (pinned addresses, port, non-public ranges).
+//! `[hosts."<pattern>"]`: per-host dial settings (pinned addresses, port, non-public ranges,
+//! the ECH opt-in).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -68,6 +69,7 @@ fn rule(
         pin,
         port,
         allow_ranges,
+        ech: raw.ech.unwrap_or(false),
     })
 }
 

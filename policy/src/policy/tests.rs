@@ -102,6 +102,26 @@ port = 3
 }
 
 #[test]
+fn ech_is_an_opt_in_per_host_rule() {
+    let p = parse(
+        r#"
+version = 1
+[hosts."cdn.example"]
+ech = true
+[hosts."*.cdn.example"]
+ech = false
+[hosts."pypi.org"]
+port = 443
+"#,
+    );
+    let ech = |h: &str| p.host_rule(h).map(|r| r.ech);
+    assert_eq!(ech("cdn.example"), Some(true));
+    assert_eq!(ech("a.cdn.example"), Some(false));
+    assert_eq!(ech("pypi.org"), Some(false), "default off");
+    assert_eq!(ech("example.org"), None);
+}
+
+#[test]
 fn hosts_table_without_pin_resolves() {
     let p = parse("version = 1\n[hosts.\"x.test\"]\nport = 444\n");
     let rule = p.host_rule("x.test").unwrap();

@@ -209,6 +209,60 @@ fn fixture_details() {
 }
 
 #[test]
+fn encrypted_hello_extensions_are_seen() {
+    // Chromium sends ECH GREASE (0xfe0d) by default; the other clients send no ECH.
+    assert_eq!(
+        feed_all(CHROMIUM_PQ).unwrap().encrypted,
+        Some(Encrypted::Ech)
+    );
+    for (name, bytes, expected) in fixtures() {
+        if name != "chromium_pq" && expected.is_ok() {
+            assert_eq!(feed_all(&bytes).unwrap().encrypted, None, "{name}");
+        }
+    }
+    let sni = sni_ext(&[b"a.test"]);
+    let ech_outer = vec![0, 0, 1, 0, 1, 7, 0, 1, 9, 0, 1, 9];
+    type Case = (&'static str, Vec<Extension>, Option<Encrypted>);
+    let cases: Vec<Case> = vec![
+        ("none", vec![sni.clone()], None),
+        (
+            "ech",
+            vec![sni.clone(), (EXT_ECH, ech_outer.clone())],
+            Some(Encrypted::Ech),
+        ),
+        // The content is not judged: GREASE, real ECH and junk are all "ech".
+        (
+            "ech, empty",
+            vec![(EXT_ECH, vec![]), sni.clone()],
+            Some(Encrypted::Ech),
+        ),
+        (
+            "esni",
+            vec![sni.clone(), (0xffce, vec![0; 8])],
+            Some(Encrypted::Esni),
+        ),
+        (
+            "both, ech first",
+            vec![(EXT_ECH, vec![]), sni.clone(), (0xffce, vec![])],
+            Some(Encrypted::Ech),
+        ),
+        // ech_outer_extensions (0xfd00) only ever appears inside the encrypted inner hello.
+        (
+            "outer extensions marker",
+            vec![sni.clone(), (0xfd00, vec![2, 0, 10])],
+            None,
+        ),
+    ];
+    for (name, extensions, want) in cases {
+        let hello = feed_all(&synthetic_record(&extensions)).unwrap();
+        assert_eq!(hello.encrypted, want, "{name}");
+    }
+    // Twice is refused like any repeated extension.
+    let twice = synthetic_record(&[sni, (EXT_ECH, vec![]), (EXT_ECH, vec![])]);
+    assert_eq!(reason(&twice), "malformed");
+}
+
+#[test]
 fn post_quantum_hello_routes() {
     assert!(
         CHROMIUM_PQ.len() > 1500,
