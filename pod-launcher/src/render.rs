@@ -222,7 +222,6 @@ fn tollgate_init(spec: &TaskSpec) -> Container {
         image: Some(spec.images.init.clone()),
         args: Some(vec![
             format!("--proxy-uid={PROXY_ID}"),
-            format!("--proxy-gid={PROXY_ID}"),
             format!("--sni-port={SNI_PORT}"),
             format!("--capture-port={CAPTURE_PORT}"),
         ]),
