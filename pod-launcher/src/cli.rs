@@ -16,7 +16,7 @@ use crate::registry::{Credentials, OciRegistry};
 use crate::render::render;
 use crate::spec::{self, Images, PolicySource, Registry, Resources, Scheme, SpecError, TaskSpec};
 use crate::steer::{self, StatusView, WaitFor};
-use crate::submit::{BuildMode, submit};
+use crate::submit::{BuildMode, BuildWait, submit};
 
 /// Exit code for bad flags or configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -115,6 +115,13 @@ pub enum Command {
         /// Pod name.
         pod: String,
     },
+    /// Check Pod specs (YAML or JSON, several documents allowed, `-` for stdin) for any container
+    /// but the proxy that could act as UID/GID 1337; exit 64 listing each one. Build Pods are
+    /// skipped (they hold no proxy).
+    CheckPod {
+        /// The file, or `-`.
+        file: PathBuf,
+    },
     /// Print {"pending": N}: task Pods submitted and not yet Running.
     PendingWork,
     /// Serve GET /pending-work (KEDA metrics-api) and GET /healthz.
@@ -184,6 +191,13 @@ pub struct TaskArgs {
     /// Kaniko memory.
     #[arg(long, default_value = "4Gi")]
     pub build_memory: String,
+    /// Size limit of the build Pod's emptyDir holding the image tarball.
+    #[arg(long, default_value = "20Gi")]
+    pub build_storage: String,
+    /// How long a build may take: the build Pod's activeDeadlineSeconds, and how long `submit`
+    /// waits for it before giving up.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
     /// The proxy image (Dockerfile target `proxy`).
     #[arg(
         long,
@@ -201,16 +215,25 @@ pub struct TaskArgs {
         default_value = "gcr.io/kaniko-project/executor:v1.23.2"
     )]
     pub kaniko_image: String,
-    /// runAsUser for the agent (1337, the proxy's, is refused); default: the image's USER.
-    #[arg(long)]
-    pub agent_uid: Option<i64>,
-    /// runAsGroup for the agent (1337 is refused).
-    #[arg(long)]
-    pub agent_gid: Option<i64>,
+    /// The image that pushes the build's tarball (crane; it alone sees the push secret).
+    #[arg(
+        long,
+        env = "TOLLGATE_PUSH_IMAGE",
+        default_value = "gcr.io/go-containerregistry/crane:v0.20.2"
+    )]
+    pub push_image: String,
+    /// runAsUser for the agent, always set so the image's USER cannot choose it (0 and 1337, the
+    /// proxy's, are refused).
+    #[arg(long, env = "TOLLGATE_AGENT_UID", default_value_t = spec::DEFAULT_AGENT_ID, allow_negative_numbers = true)]
+    pub agent_uid: i64,
+    /// runAsGroup for the agent, always set (0 and 1337 are refused).
+    #[arg(long, env = "TOLLGATE_AGENT_GID", default_value_t = spec::DEFAULT_AGENT_ID, allow_negative_numbers = true)]
+    pub agent_gid: i64,
     /// imagePullSecret for the built image.
     #[arg(long, env = "TOLLGATE_PULL_SECRET")]
     pub pull_secret: Option<String>,
-    /// Secret (type kubernetes.io/dockerconfigjson) Kaniko pushes with.
+    /// Secret (type kubernetes.io/dockerconfigjson) the build Pod's push container pushes with
+    /// (never mounted where the Dockerfile's RUN steps could read it).
     #[arg(long, env = "TOLLGATE_PUSH_SECRET")]
     pub push_secret: Option<String>,
     /// Secret whose keys become the proxy's env (e.g. OPENROUTER_MANAGEMENT_KEY).
@@ -244,6 +267,17 @@ pub enum ConfigError {
     /// The phase given to `phase`.
     #[error("phase {0:?}: expected agent or verification")]
     Phase(String),
+    /// `check-pod` input that is not a readable YAML/JSON stream with a Pod in it.
+    #[error("{path}: {reason}")]
+    PodFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `check-pod` found Pods that would let a container act as the proxy.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl TaskArgs {
@@ -310,10 +344,14 @@ impl TaskArgs {
                 memory: Some(spec::quantity("--build-memory", &self.build_memory)?),
                 ephemeral_storage: None,
             },
+            build_storage: spec::quantity("--build-storage", &self.build_storage)?,
+            build_timeout_secs: i64::try_from(self.build_timeout.as_secs().max(1))
+                .unwrap_or(i64::MAX),
             images: Images {
                 proxy: spec::image("--proxy-image", &self.proxy_image)?,
                 init: spec::image("--init-image", &self.init_image)?,
                 kaniko: spec::image("--kaniko-image", &self.kaniko_image)?,
+                push: spec::image("--push-image", &self.push_image)?,
             },
             phase_label: spec::label_key(phase_label)?,
             agent_uid: spec::agent_id("uid", self.agent_uid)?,
@@ -415,6 +453,48 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `check-pod`: every Pod in the stream checked; a line per Pod that passes or is skipped.
+fn check_pod_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let bad = |reason: String| ConfigError::PodFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| bad(e.to_string()))?;
+    let (mut passed, mut refused) = (Vec::new(), Vec::new());
+    for doc in docs.into_iter().filter(|d| d["kind"] == "Pod") {
+        let pod: Pod = serde_json::from_value(doc).map_err(|e| bad(format!("a Pod: {e}")))?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let is_build = pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::render::BUILD_LABEL));
+        if is_build {
+            passed.push(format!("skipped: pod {name} (a build Pod: no proxy in it)"));
+            continue;
+        }
+        match crate::admit::check(&pod) {
+            Ok(()) => passed.push(format!("ok: pod {name}")),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    if passed.is_empty() && refused.is_empty() {
+        return Err(bad("no Pod in it".to_owned()));
+    }
+    if refused.is_empty() {
+        Ok(passed.join("\n"))
+    } else {
+        Err(ConfigError::Refused(refused.join("\n")))
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     let ns = cli.namespace.as_str();
     let label = cli.phase_label.as_str();
@@ -427,7 +507,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let spec = task.spec(ns, label).map_err(Failure::Config)?;
             let client = kube::Client::try_default().await?;
             let index = OciRegistry::new(task.credentials(), Duration::from_secs(10));
-            print_json(&submit(client, &spec, &index, build).await?)?;
+            let wait = BuildWait {
+                timeout: task.build_timeout,
+                poll: Duration::from_secs(5),
+            };
+            print_json(&submit(client, &spec, &index, build, wait).await?)?;
         }
         Command::Phase { pod, phase } => {
             let phase = Phase::from_label(&phase)
@@ -464,6 +548,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Delete { pod } => {
             steer::delete(&pods(ns).await?, &pod).await?;
             print_json(&serde_json::json!({ "deleted": pod }))?;
+        }
+        Command::CheckPod { file } => {
+            let checked = check_pod_file(&file).map_err(Failure::Config)?;
+            println!("{checked}");
         }
         Command::PendingWork => {
             println!(

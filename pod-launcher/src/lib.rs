@@ -17,6 +17,7 @@
 //! - `pending`: task Pods not yet Running, for KEDA's metrics-api scaler.
 #![forbid(unsafe_code)]
 
+pub mod admit;
 pub mod cli;
 pub mod pending;
 pub mod registry;
