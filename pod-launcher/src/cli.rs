@@ -25,9 +25,10 @@ pub const EXIT_TIMEOUT: u8 = 75;
 
 /// tollgate-launch: renders, submits and steers tollgate task Pods.
 ///
-/// A task Pod builds the task's image with Kaniko (unless the registry has it), installs the
-/// redirect with tollgate-init, runs the tollgate proxy as a native sidecar and the agent beside
-/// it. The phase label (agent → verification) drives the NetworkPolicies and the proxy.
+/// The task's image is built first in its own build Pod (Kaniko without credentials, then a
+/// crane push) unless the registry has it. The task Pod installs the redirect with tollgate-init,
+/// runs the tollgate proxy as a native sidecar and the agent beside it, as a fixed non-root
+/// UID/GID with every capability dropped. The phase label (agent → verification) drives the NetworkPolicies and the proxy.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
@@ -61,11 +62,12 @@ pub enum Command {
     Render {
         #[command(flatten)]
         task: TaskArgs,
-        /// Leave out the Kaniko build (as when the registry already has the image).
+        /// Leave out the build Pod (as when the registry already has the image).
         #[arg(long)]
         skip_build: bool,
     },
-    /// Ask the registry whether the image exists, then create the task; prints what it did as JSON.
+    /// Ask the registry whether the image exists, build it in a build Pod if not (and wait for
+    /// it), then create the task; prints what it did as JSON.
     Submit {
         #[command(flatten)]
         task: TaskArgs,
@@ -100,7 +102,7 @@ pub enum Command {
     Logs {
         /// Pod name.
         pod: String,
-        /// agent, tollgate-proxy, tollgate-init or build.
+        /// agent, tollgate-proxy, tollgate-init; build or push (of a build Pod).
         #[arg(long, short = 'c', default_value = "agent")]
         container: String,
         /// Stream until the container ends.
