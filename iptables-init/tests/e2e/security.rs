@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
-use crate::netns::{DNS, Netns, Run, V4_A, require_root, sock};
+use crate::netns::{DNS, Netns, Run, V4_A, binary, require_root, sock};
 
 const ESCAPE_ENV: &str = "TOLLGATE_INIT_ESCAPE";
 
@@ -176,4 +176,31 @@ fn the_proxy_group_is_not_exempt() {
             "{token}: group 1337 must not exempt UDP from the fence: {r}"
         );
     }
+}
+
+/// A Pod whose `fsGroup` or `supplementalGroups` is 1337 gives that group to every container,
+/// tollgate-init's included: it is the one trace of the other containers' identities the init
+/// container can see, and it refuses to install (so the Pod never starts).
+#[test]
+fn an_init_container_in_the_proxy_group_refuses_to_install() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let r: Run = ns
+        .cmd("setpriv")
+        .args(["--groups", "1337", "--"])
+        .arg(binary())
+        .args(["--dns", DNS])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 14, "{r}");
+    assert!(r.stderr.contains("holds group 1337, the proxy's"), "{r}");
+    assert!(
+        !ns.save("iptables-save").contains("TOLLGATE"),
+        "nothing installed: {r}"
+    );
+    // The same binary without the group installs.
+    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
 }
