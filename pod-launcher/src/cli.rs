@@ -58,7 +58,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the task's objects as YAML (policy ConfigMap for --policy-file, then the Pod); offline.
+    /// Print the task's objects as YAML (build Pod, policy ConfigMap for --policy-file, task Pod); offline.
     Render {
         #[command(flatten)]
         task: TaskArgs,
