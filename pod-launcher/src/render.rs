@@ -277,10 +277,16 @@ fn kaniko(spec: &TaskSpec) -> Container {
         volume_mounts: Some(vec![mount("image", BUILD_OUTPUT_DIR, false)]),
         resources: resources(&spec.build_resources),
         // Kaniko must be root to unpack base images into its own filesystem; it gets no more
-        // than the runtime's default capabilities and cannot escalate.
+        // than the runtime's default capabilities, less NET_RAW (a RUN step has no use for raw
+        // sockets, which would let it spoof ARP/IP on the node's Pod network), and cannot
+        // escalate.
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             run_as_user: Some(0),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["NET_RAW".to_owned()]),
+            }),
             ..SecurityContext::default()
         }),
         ..Container::default()
