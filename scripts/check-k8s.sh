@@ -5,7 +5,8 @@
 #   3. everything rendered passes kubernetes-validate --strict for Kubernetes 1.29 (the oldest
 #      with native sidecars) and 1.37; the KEDA ScaledObject, a CRD kubernetes-validate has no
 #      schema for, is checked against k8s/schemas/keda-scaledobject.schema.json instead;
-#   4. task Pods rendered by `tollgate-launch render` (and k8s/examples/task-pod.yaml) pass too;
+#   4. task Pods rendered by `tollgate-launch render` (and k8s/examples/task-pod.yaml) pass too,
+#      and pass `tollgate-launch check-pod` (no container but the proxy can act as 1337);
 #   5. the example policy passes `tollgate check`; kind-config.yaml parses.
 #
 # Tools come from PyPI into a venv (default target/k8s-tools, reused between runs), pinned:
@@ -133,6 +134,10 @@ validate "$work/pod-build.yaml" "rendered Pod (build, policy ConfigMap)"
   --policy-file=k8s/base/policy/policy.toml --agent-uid=1000 --agent-gid=1000 >"$work/pod-file.yaml"
 validate "$work/pod-file.yaml" "rendered Pod (prebuilt, --policy-file)"
 validate k8s/examples/task-pod.yaml "k8s/examples/task-pod.yaml"
+# No container but the proxy may be able to act as UID/GID 1337 (build Pods are skipped).
+for f in "$work/pod-build.yaml" "$work/pod-file.yaml" k8s/examples/task-pod.yaml; do
+  if "$launch" check-pod "$f"; then ok "check-pod $(basename "$f")"; else fail "check-pod $f"; fi
+done
 
 # ---- 5. policy, kind config ----------------------------------------------------------------
 step "example policy and kind config"

@@ -26,6 +26,7 @@ pub struct Args {
     pub command: Option<Command>,
 
     /// UID the proxy runs as: its traffic is neither redirected nor fenced. Must not be 0.
+    /// (There is no GID exemption: a group is not something the agent can be kept out of.)
     #[arg(
         long,
         global = true,
@@ -33,15 +34,6 @@ pub struct Args {
         default_value_t = 1337
     )]
     pub proxy_uid: u32,
-
-    /// GID exempt like the proxy UID (never the Pod's fsGroup). Must not be 0.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_INIT_PROXY_GID",
-        default_value_t = 1337
-    )]
-    pub proxy_gid: u32,
 
     /// TCP destination ports redirected to --sni-port (comma list or repeated).
     #[arg(long, global = true, env = "TOLLGATE_INIT_SNI_PORTS", value_delimiter = ',',

@@ -4,7 +4,7 @@ use crate::backend::{self, Backend, Tools};
 use crate::cli::BackendChoice;
 use crate::config::Config;
 use crate::error::Error;
-use crate::host::Privileges;
+use crate::host::{self, Privileges};
 use crate::restore::{Live, render_install, render_uninstall};
 use crate::rules::{Family, plan};
 use crate::verify;
@@ -16,6 +16,8 @@ pub fn install(cfg: &Config) -> Result<(), Error> {
     }
     let privileges = Privileges::current();
     privileges.require_net_admin()?;
+    // Before any rule: a Pod that fails this must not start at all.
+    host::refuse_proxy_group(cfg.proxy_uid, &host::groups())?;
     let (backend, why) = backend::choose(cfg.backend, cfg.ipv6)?;
     if backend == Backend::Legacy && !privileges.has_net_raw() {
         eprintln!(

@@ -17,10 +17,8 @@ pub const RFC1918: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Exempt UID (never 0).
+    /// Exempt UID (never 0); the only exemption by owner.
     pub proxy_uid: u32,
-    /// Exempt GID (never 0).
-    pub proxy_gid: u32,
     /// Ports redirected to `sni_port`, deduplicated, in the given order.
     pub sni_ports: Vec<u16>,
     /// tollgate's SNI router port.
@@ -64,19 +62,13 @@ impl Config {
         read_file: impl FnOnce(&Path) -> std::io::Result<String>,
     ) -> Result<Config, Error> {
         let mut warnings = Vec::new();
-        for (flag, id) in [
-            ("--proxy-uid", args.proxy_uid),
-            ("--proxy-gid", args.proxy_gid),
-        ] {
-            if id == 0 {
-                return Err(Error::Usage(format!(
-                    "{flag} 0: the proxy must not run as root. The exemption is by owner, so every \
-                     process of that {} (the agent's root processes included) would bypass the \
-                     capture; run tollgate as a dedicated non-root {} (default 1337)",
-                    if flag == "--proxy-uid" { "UID" } else { "GID" },
-                    if flag == "--proxy-uid" { "UID" } else { "GID" },
-                )));
-            }
+        if args.proxy_uid == 0 {
+            return Err(Error::Usage(
+                "--proxy-uid 0: the proxy must not run as root. The exemption is by owner, so \
+                 every process of that UID (the agent's root processes included) would bypass the \
+                 capture; run tollgate as a dedicated non-root UID (default 1337)"
+                    .into(),
+            ));
         }
         if args.sni_port == args.capture_port {
             return Err(Error::Usage(format!(
@@ -185,7 +177,6 @@ impl Config {
 
         Ok(Config {
             proxy_uid: args.proxy_uid,
-            proxy_gid: args.proxy_gid,
             sni_ports,
             sni_port: args.sni_port,
             capture_port: args.capture_port,
@@ -280,16 +271,10 @@ mod tests {
     }
 
     #[test]
-    fn proxy_uid_or_gid_zero_is_refused() {
+    fn proxy_uid_zero_is_refused() {
         let e = config(&["--proxy-uid", "0"]).unwrap_err();
         assert_eq!(e.exit_code(), 64);
         assert!(e.to_string().contains("must not run as root"), "{e}");
-        assert!(
-            config(&["--proxy-gid", "0"])
-                .unwrap_err()
-                .to_string()
-                .contains("GID")
-        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const EXIT_APPLY_V6: u8 = 11;
 pub const EXIT_READ_RULES: u8 = 12;
 /// Removing tollgate's rules failed (`uninstall`).
 pub const EXIT_UNINSTALL: u8 = 13;
+/// This container holds the proxy's UID number as a group: the Pod gives it to every container.
+pub const EXIT_PROXY_GROUP: u8 = 14;
 /// Self-test failures: this base plus [`Check::offset`]; the base is 20 for IPv4, 30 for IPv6.
 pub const EXIT_SELF_TEST_V4: u8 = 20;
 /// See [`EXIT_SELF_TEST_V4`].
@@ -71,6 +73,9 @@ pub enum Error {
         /// Its stderr or the spawn error.
         detail: String,
     },
+    /// The Pod gives every container the proxy's group (fsGroup or supplementalGroups).
+    #[error("{0}")]
+    ProxyGroup(String),
     /// A self-test check failed (or could not run).
     #[error("self-test failed ({family}, {check}): {detail}")]
     SelfTest {
@@ -98,6 +103,7 @@ impl Error {
                 family: Family::V6, ..
             } => EXIT_APPLY_V6,
             Error::Uninstall { .. } => EXIT_UNINSTALL,
+            Error::ProxyGroup(_) => EXIT_PROXY_GROUP,
             Error::SelfTest { family, check, .. } => {
                 let base = match family {
                     Family::V4 => EXIT_SELF_TEST_V4,
@@ -122,6 +128,7 @@ mod tests {
             Error::Usage(String::new()),
             Error::Privileges(String::new()),
             Error::MissingBinary(String::new()),
+            Error::ProxyGroup(String::new()),
         ];
         for family in [Family::V4, Family::V6] {
             let (tool, detail) = (String::new(), String::new());

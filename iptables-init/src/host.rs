@@ -66,6 +66,40 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(line.trim(), 16).ok()
 }
 
+/// Every group this process holds: its GIDs (real, effective, saved, filesystem) and its
+/// supplementary groups, from `/proc/self/status`.
+pub fn groups() -> Vec<u32> {
+    parse_groups(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+fn parse_groups(status: &str) -> Vec<u32> {
+    let mut out: Vec<u32> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Gid:").or_else(|| l.strip_prefix("Groups:")))
+        .flat_map(str::split_whitespace)
+        .filter_map(|g| g.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Refuses to go on when this process holds the proxy's UID number as a group. In a Pod that
+/// can only come from the Pod-wide `fsGroup` or `supplementalGroups` (tollgate-init sets its own
+/// `runAsGroup`), which the kubelet gives to every container, the agent's included. The rules
+/// exempt no group, but a Pod built that way was not made by `tollgate-launch` and was not
+/// checked by it: the one thing about the other containers this container can see.
+pub fn refuse_proxy_group(proxy_uid: u32, groups: &[u32]) -> Result<(), Error> {
+    if groups.contains(&proxy_uid) {
+        return Err(Error::ProxyGroup(format!(
+            "this container holds group {proxy_uid}, the proxy's: the Pod's fsGroup or \
+             supplementalGroups give it to every container, the agent's included. Remove {proxy_uid} \
+             from the Pod's securityContext (`tollgate-launch check-pod` lists what else to fix)"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether the kernel has IPv6 in this namespace (not booted with `ipv6.disable=1`).
 pub fn kernel_has_ipv6() -> bool {
     Path::new("/proc/sys/net/ipv6").exists()
@@ -119,6 +153,18 @@ mod tests {
         let e = none.require_net_admin().unwrap_err();
         assert_eq!(e.exit_code(), 77);
         assert!(e.to_string().contains("not root (euid 65534)"), "{e}");
+    }
+
+    #[test]
+    fn reads_groups_and_refuses_the_proxy_one() {
+        let status = "Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\nGroups:\t1337 5 \n";
+        let groups = parse_groups(status);
+        assert_eq!(groups, vec![0, 5, 1337]);
+        let e = refuse_proxy_group(1337, &groups).unwrap_err();
+        assert_eq!(e.exit_code(), 14);
+        assert!(e.to_string().contains("fsGroup"), "{e}");
+        assert!(refuse_proxy_group(2000, &groups).is_ok());
+        assert_eq!(parse_groups("Gid:\t7\t7\t7\t7\nGroups:\t\n"), vec![7]);
     }
 
     #[test]

@@ -6,14 +6,18 @@
 //! kernel reports (`verify`'s rule check).
 //!
 //! ```text
-//! nat    OUTPUT ──(1st rule)──► TOLLGATE_OUTPUT   exemptions: proxy uid/gid, loopback, DNS/TCP to the
+//! nat    OUTPUT ──(1st rule)──► TOLLGATE_OUTPUT   exemptions: proxy uid, loopback, DNS/TCP to the
 //!                                   │             resolvers, --exclude-cidr, --exclude-port → RETURN
 //!                                   └─ tcp ─────► TOLLGATE_REDIRECT  --sni-ports → REDIRECT --sni-port
 //!                                                                    other TCP → REDIRECT --capture-port
-//! filter OUTPUT ──(1st rule)──► TOLLGATE_FENCE    proxy uid/gid, loopback (redirected TCP lands there),
+//! filter OUTPUT ──(1st rule)──► TOLLGATE_FENCE    proxy uid, loopback (redirected TCP lands there),
 //!                                                 established, DNS, excluded, ICMPv6 ND/MLD → RETURN;
 //!                                                 UDP, TCP, anything else → REJECT
 //! ```
+//!
+//! The proxy is exempt by UID alone. There is no GID exemption: a GID is not an identity the
+//! Pod spec can keep from the agent (an image's `USER 1000:1337`, `fsGroup`, a setgid file), while
+//! the proxy's sockets all carry its UID, so a GID rule would only ever exempt someone else.
 //!
 //! Allowed traffic RETURNs to OUTPUT rather than ACCEPTing, so tollgate only ever removes
 //! reachability: rules other tools put after the jump still apply.
@@ -195,11 +199,11 @@ fn fence(cfg: &Config, family: Family) -> Table {
     }
 }
 
-/// The proxy's own traffic and loopback destinations: first in both tables.
+/// The proxy's own traffic (by UID only, see the module doc) and loopback destinations: first
+/// in both tables.
 fn exemptions(cfg: &Config, family: Family) -> Vec<Rule> {
     vec![
         Rule::new("proxy-uid", "RETURN").m(format!("-m owner --uid-owner {}", cfg.proxy_uid)),
-        Rule::new("proxy-gid", "RETURN").m(format!("-m owner --gid-owner {}", cfg.proxy_gid)),
         Rule::new("loopback", "RETURN").dst(family.loopback()),
     ]
 }

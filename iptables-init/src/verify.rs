@@ -6,7 +6,7 @@
 //! 1. `sni-redirect`: TCP to `<probe>:<first SNI port>` as a non-proxy UID reaches the SNI port
 //!    listener, and its SO_ORIGINAL_DST is the dialled address (`original-destination`);
 //! 2. `capture-redirect`: TCP to `<probe>:80` reaches the capture port (same check);
-//! 3. `proxy-exemption`: the same connection as the proxy UID/GID reaches no listener;
+//! 3. `proxy-exemption`: the same connection as the proxy UID reaches no listener;
 //! 4. `udp-fence`: UDP to `<probe>:443` as a non-proxy UID fails with EPERM (fence on);
 //! 5. `installed-rules`: `iptables-save` shows exactly the configured chains, one jump each,
 //!    first in OUTPUT.
@@ -129,6 +129,10 @@ fn rules_check(cfg: &Config, family: Family, live: Option<&Live>) -> Verdict {
 /// Who the probes run as: a non-proxy UID and the proxy's, when the process may switch;
 /// otherwise `(None, None)`: the non-proxy probes run as ourselves (root is captured like any
 /// other UID) and the proxy-UID probe is skipped.
+///
+/// The GIDs are crossed on purpose: the redirected probes run with the proxy's UID number as
+/// their GID (the proxy's group in a tollgate Pod), the proxy probe with another GID, so the
+/// test proves that the UID alone is exempt and that a process in the proxy's group is not.
 fn identities(cfg: &Config, privileges: &Privileges) -> (Option<Who>, Option<Who>) {
     if !privileges.can_switch_uid() {
         return (None, None);
@@ -137,11 +141,11 @@ fn identities(cfg: &Config, privileges: &Privileges) -> (Option<Who>, Option<Who
     (
         Some(Who {
             uid: other(cfg.proxy_uid),
-            gid: other(cfg.proxy_gid),
+            gid: cfg.proxy_uid,
         }),
         Some(Who {
             uid: cfg.proxy_uid,
-            gid: cfg.proxy_gid,
+            gid: other(cfg.proxy_uid),
         }),
     )
 }

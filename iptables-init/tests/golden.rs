@@ -75,8 +75,6 @@ const CASES: &[Case] = &[
             "10.96.0.10",
             "--proxy-uid",
             "2000",
-            "--proxy-gid",
-            "2001",
             "--sni-ports",
             "443,8443",
             "--sni-ports",

@@ -16,7 +16,7 @@ use crate::registry::{Credentials, OciRegistry};
 use crate::render::render;
 use crate::spec::{self, Images, PolicySource, Registry, Resources, Scheme, SpecError, TaskSpec};
 use crate::steer::{self, StatusView, WaitFor};
-use crate::submit::{BuildMode, submit};
+use crate::submit::{BuildMode, BuildWait, submit};
 
 /// Exit code for bad flags or configuration (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -25,9 +25,10 @@ pub const EXIT_TIMEOUT: u8 = 75;
 
 /// tollgate-launch: renders, submits and steers tollgate task Pods.
 ///
-/// A task Pod builds the task's image with Kaniko (unless the registry has it), installs the
-/// redirect with tollgate-init, runs the tollgate proxy as a native sidecar and the agent beside
-/// it. The phase label (agent → verification) drives the NetworkPolicies and the proxy.
+/// The task's image is built first in its own build Pod (Kaniko without credentials, then a
+/// crane push) unless the registry has it. The task Pod installs the redirect with tollgate-init,
+/// runs the tollgate proxy as a native sidecar and the agent beside it, as a fixed non-root
+/// UID/GID with every capability dropped. The phase label (agent → verification) drives the NetworkPolicies and the proxy.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 pub struct Cli {
@@ -57,15 +58,16 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the task's objects as YAML (policy ConfigMap for --policy-file, then the Pod); offline.
+    /// Print the task's objects as YAML (build Pod, policy ConfigMap for --policy-file, task Pod); offline.
     Render {
         #[command(flatten)]
         task: TaskArgs,
-        /// Leave out the Kaniko build (as when the registry already has the image).
+        /// Leave out the build Pod (as when the registry already has the image).
         #[arg(long)]
         skip_build: bool,
     },
-    /// Ask the registry whether the image exists, then create the task; prints what it did as JSON.
+    /// Ask the registry whether the image exists, build it in a build Pod if not (and wait for
+    /// it), then create the task; prints what it did as JSON.
     Submit {
         #[command(flatten)]
         task: TaskArgs,
@@ -100,7 +102,7 @@ pub enum Command {
     Logs {
         /// Pod name.
         pod: String,
-        /// agent, tollgate-proxy, tollgate-init or build.
+        /// agent, tollgate-proxy, tollgate-init; build or push (of a build Pod).
         #[arg(long, short = 'c', default_value = "agent")]
         container: String,
         /// Stream until the container ends.
@@ -114,6 +116,13 @@ pub enum Command {
     Delete {
         /// Pod name.
         pod: String,
+    },
+    /// Check Pod specs (YAML or JSON, several documents allowed, `-` for stdin) for any container
+    /// but the proxy that could act as UID/GID 1337; exit 64 listing each one. Build Pods are
+    /// skipped (they hold no proxy).
+    CheckPod {
+        /// The file, or `-`.
+        file: PathBuf,
     },
     /// Print {"pending": N}: task Pods submitted and not yet Running.
     PendingWork,
@@ -184,6 +193,13 @@ pub struct TaskArgs {
     /// Kaniko memory.
     #[arg(long, default_value = "4Gi")]
     pub build_memory: String,
+    /// Size limit of the build Pod's emptyDir holding the image tarball.
+    #[arg(long, default_value = "20Gi")]
+    pub build_storage: String,
+    /// How long a build may take: the build Pod's activeDeadlineSeconds, and how long `submit`
+    /// waits for it before giving up.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub build_timeout: Duration,
     /// The proxy image (Dockerfile target `proxy`).
     #[arg(
         long,
@@ -201,16 +217,25 @@ pub struct TaskArgs {
         default_value = "gcr.io/kaniko-project/executor:v1.23.2"
     )]
     pub kaniko_image: String,
-    /// runAsUser for the agent (1337, the proxy's, is refused); default: the image's USER.
-    #[arg(long)]
-    pub agent_uid: Option<i64>,
-    /// runAsGroup for the agent (1337 is refused).
-    #[arg(long)]
-    pub agent_gid: Option<i64>,
+    /// The image that pushes the build's tarball (crane; it alone sees the push secret).
+    #[arg(
+        long,
+        env = "TOLLGATE_PUSH_IMAGE",
+        default_value = "gcr.io/go-containerregistry/crane:v0.20.2"
+    )]
+    pub push_image: String,
+    /// runAsUser for the agent, always set so the image's USER cannot choose it (0 and 1337, the
+    /// proxy's, are refused).
+    #[arg(long, env = "TOLLGATE_AGENT_UID", default_value_t = spec::DEFAULT_AGENT_ID, allow_negative_numbers = true)]
+    pub agent_uid: i64,
+    /// runAsGroup for the agent, always set (0 and 1337 are refused).
+    #[arg(long, env = "TOLLGATE_AGENT_GID", default_value_t = spec::DEFAULT_AGENT_ID, allow_negative_numbers = true)]
+    pub agent_gid: i64,
     /// imagePullSecret for the built image.
     #[arg(long, env = "TOLLGATE_PULL_SECRET")]
     pub pull_secret: Option<String>,
-    /// Secret (type kubernetes.io/dockerconfigjson) Kaniko pushes with.
+    /// Secret (type kubernetes.io/dockerconfigjson) the build Pod's push container pushes with
+    /// (never mounted where the Dockerfile's RUN steps could read it).
     #[arg(long, env = "TOLLGATE_PUSH_SECRET")]
     pub push_secret: Option<String>,
     /// Secret whose keys become the proxy's env (e.g. OPENROUTER_MANAGEMENT_KEY).
@@ -244,6 +269,17 @@ pub enum ConfigError {
     /// The phase given to `phase`.
     #[error("phase {0:?}: expected agent or verification")]
     Phase(String),
+    /// `check-pod` input that is not a readable YAML/JSON stream with a Pod in it.
+    #[error("{path}: {reason}")]
+    PodFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `check-pod` found Pods that would let a container act as the proxy.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl TaskArgs {
@@ -310,10 +346,14 @@ impl TaskArgs {
                 memory: Some(spec::quantity("--build-memory", &self.build_memory)?),
                 ephemeral_storage: None,
             },
+            build_storage: spec::quantity("--build-storage", &self.build_storage)?,
+            build_timeout_secs: i64::try_from(self.build_timeout.as_secs().max(1))
+                .unwrap_or(i64::MAX),
             images: Images {
                 proxy: spec::image("--proxy-image", &self.proxy_image)?,
                 init: spec::image("--init-image", &self.init_image)?,
                 kaniko: spec::image("--kaniko-image", &self.kaniko_image)?,
+                push: spec::image("--push-image", &self.push_image)?,
             },
             phase_label: spec::label_key(phase_label)?,
             agent_uid: spec::agent_id("uid", self.agent_uid)?,
@@ -415,6 +455,48 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `check-pod`: every Pod in the stream checked; a line per Pod that passes or is skipped.
+fn check_pod_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let bad = |reason: String| ConfigError::PodFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| bad(e.to_string()))?;
+    let (mut passed, mut refused) = (Vec::new(), Vec::new());
+    for doc in docs.into_iter().filter(|d| d["kind"] == "Pod") {
+        let pod: Pod = serde_json::from_value(doc).map_err(|e| bad(format!("a Pod: {e}")))?;
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let is_build = pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::render::BUILD_LABEL));
+        if is_build {
+            passed.push(format!("skipped: pod {name} (a build Pod: no proxy in it)"));
+            continue;
+        }
+        match crate::admit::check(&pod) {
+            Ok(()) => passed.push(format!("ok: pod {name}")),
+            Err(e) => refused.push(e.to_string()),
+        }
+    }
+    if passed.is_empty() && refused.is_empty() {
+        return Err(bad("no Pod in it".to_owned()));
+    }
+    if refused.is_empty() {
+        Ok(passed.join("\n"))
+    } else {
+        Err(ConfigError::Refused(refused.join("\n")))
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     let ns = cli.namespace.as_str();
     let label = cli.phase_label.as_str();
@@ -427,7 +509,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             let spec = task.spec(ns, label).map_err(Failure::Config)?;
             let client = kube::Client::try_default().await?;
             let index = OciRegistry::new(task.credentials(), Duration::from_secs(10));
-            print_json(&submit(client, &spec, &index, build).await?)?;
+            let wait = BuildWait {
+                timeout: task.build_timeout,
+                poll: Duration::from_secs(5),
+            };
+            print_json(&submit(client, &spec, &index, build, wait).await?)?;
         }
         Command::Phase { pod, phase } => {
             let phase = Phase::from_label(&phase)
@@ -464,6 +550,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Delete { pod } => {
             steer::delete(&pods(ns).await?, &pod).await?;
             print_json(&serde_json::json!({ "deleted": pod }))?;
+        }
+        Command::CheckPod { file } => {
+            let checked = check_pod_file(&file).map_err(Failure::Config)?;
+            println!("{checked}");
         }
         Command::PendingWork => {
             println!(

@@ -1,13 +1,21 @@
-//! A [`TaskSpec`] rendered into typed Kubernetes objects: the task Pod and, for a `--policy-file`,
-//! the ConfigMap that carries the policy. Offline: nothing here talks to a cluster or a registry.
+//! A [`TaskSpec`] rendered into typed Kubernetes objects: the build Pod (when the image must be
+//! built), the task Pod and, for a `--policy-file`, the ConfigMap that carries the policy.
+//! Offline: nothing here talks to a cluster or a registry.
 //!
-//! The Pod, in start order:
-//! 1. `build` (init, only when the registry lacks the image): Kaniko builds the archive's
-//!    Dockerfile and pushes `<registry>/<task>:sha256-<archive digest>`.
-//! 2. `tollgate-init` (init): root with NET_ADMIN and NET_RAW only; installs the redirect.
-//! 3. `tollgate-proxy` (native sidecar: init container with `restartPolicy: Always`): UID/GID
+//! The build Pod (its own Pod, so the untrusted build context never shares a network namespace
+//! or a credential with anything; `tollgate.dev/build: "true"` selects its NetworkPolicy):
+//! 1. `build` (init): Kaniko builds the archive's Dockerfile into a tarball (`--no-push`). It has
+//!    no registry credential: `RUN` steps execute in Kaniko's own container and could read
+//!    anything mounted there.
+//! 2. `push`: once Kaniko has exited, a crane container (non-root, read-only) that alone mounts
+//!    the push secret pushes the tarball as `<registry>/<task>:sha256-<archive digest>`.
+//!
+//! The task Pod, in start order:
+//! 1. `tollgate-init` (init): root with NET_ADMIN and NET_RAW only; installs the redirect.
+//! 2. `tollgate-proxy` (native sidecar: init container with `restartPolicy: Always`): UID/GID
 //!    1337; the agent starts once its startup probe on `/readyz` passes (the CA is written then).
-//! 4. `agent`: the built image, trusting the proxy's CA, unable to become UID/GID 1337.
+//! 3. `agent`: the built image as a fixed non-root UID/GID (never the image's `USER`), every
+//!    capability dropped, no privilege escalation: it cannot become UID 1337.
 
 use std::collections::BTreeMap;
 
@@ -30,8 +38,16 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tollgate-
 pub const TASK_LABEL: &str = "tollgate.dev/task";
 /// Label with the run id.
 pub const RUN_LABEL: &str = "tollgate.dev/run";
-/// Label present while the Pod has a Kaniko build step; the build-egress NetworkPolicy keys on it.
+/// Label of build Pods; the build-egress NetworkPolicy and the registry's ingress key on it.
 pub const BUILD_LABEL: &str = "tollgate.dev/build";
+/// Where Kaniko writes the image tarball and the push container reads it.
+pub const BUILD_OUTPUT_DIR: &str = "/output";
+/// The image tarball in [`BUILD_OUTPUT_DIR`].
+pub const BUILD_TARBALL: &str = "/output/image.tar";
+/// Where the push container (only) finds the registry credential (`config.json`).
+pub const PUSH_DOCKER_CONFIG: &str = "/docker-config";
+/// The push container's UID/GID (distroless `nonroot`).
+pub const PUSH_ID: i64 = 65532;
 /// Annotation with the agent's image reference.
 pub const IMAGE_ANNOTATION: &str = "tollgate.dev/image";
 /// Key of the policy in its ConfigMap, and the file name under [`POLICY_DIR`].
@@ -62,13 +78,13 @@ pub const CA_ENV: [&str; 5] = [
     "NODE_EXTRA_CA_CERTS",
     "GIT_SSL_CAINFO",
 ];
-/// Capabilities the agent loses: with any of them it could leave the redirect (become UID/GID
-/// 1337 with SETUID/SETGID, or rewrite the rules and marks with NET_ADMIN/NET_RAW).
-pub const AGENT_DROPPED_CAPS: [&str; 4] = ["NET_ADMIN", "NET_RAW", "SETGID", "SETUID"];
 
-/// The objects of one task: an optional policy ConfigMap (for `--policy-file`) and the Pod.
+/// The objects of one task: the build Pod when the image must be built, an optional policy
+/// ConfigMap (for `--policy-file`) and the task Pod.
 #[derive(Clone, Debug)]
 pub struct Rendered {
+    /// The build Pod; `submit` creates it and waits for it to succeed before the rest.
+    pub build: Option<Pod>,
     /// The policy ConfigMap, when the policy came from a file.
     pub policy: Option<ConfigMap>,
     /// The task Pod.
@@ -76,9 +92,14 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// The objects as a multi-document YAML stream (ConfigMap first, as `kubectl apply` wants).
+    /// The objects as a multi-document YAML stream: the build Pod, then the ConfigMap (before the
+    /// Pod that mounts it), then the task Pod.
     pub fn to_yaml(&self) -> Result<String, serde_saphyr::SerializeError> {
         let mut out = String::new();
+        if let Some(build) = &self.build {
+            out.push_str(&to_yaml(build)?);
+            out.push_str("---\n");
+        }
         if let Some(cm) = &self.policy {
             out.push_str(&to_yaml(cm)?);
             out.push_str("---\n");
@@ -113,8 +134,9 @@ pub fn render(spec: &TaskSpec, build: bool) -> Rendered {
         }),
     };
     Rendered {
+        build: build.then(|| build_pod(spec)),
         policy,
-        pod: pod(spec, build),
+        pod: pod(spec),
     }
 }
 
@@ -127,18 +149,10 @@ fn task_labels(spec: &TaskSpec) -> BTreeMap<String, String> {
     ])
 }
 
-fn pod(spec: &TaskSpec, build: bool) -> Pod {
+fn pod(spec: &TaskSpec) -> Pod {
     let mut labels = task_labels(spec);
     labels.insert(spec.phase_label.clone(), "agent".to_owned());
-    if build {
-        labels.insert(BUILD_LABEL.to_owned(), "true".to_owned());
-    }
-    let mut init_containers = Vec::new();
-    if build {
-        init_containers.push(kaniko(spec));
-    }
-    init_containers.push(tollgate_init(spec));
-    init_containers.push(proxy(spec));
+    let init_containers = vec![tollgate_init(spec), proxy(spec)];
     let image_pull_secrets = spec
         .pull_secret
         .as_ref()
@@ -173,7 +187,69 @@ fn pod(spec: &TaskSpec, build: bool) -> Pod {
             image_pull_secrets,
             init_containers: Some(init_containers),
             containers: vec![agent(spec)],
-            volumes: Some(volumes(spec, build)),
+            volumes: Some(volumes(spec)),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The build Pod: Kaniko (no credentials) builds a tarball, then `push` (the credentials, and
+/// nothing the build context controls but the tarball) pushes it.
+fn build_pod(spec: &TaskSpec) -> Pod {
+    let labels = BTreeMap::from([
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        (TASK_LABEL.to_owned(), spec.task.as_str().to_owned()),
+        (BUILD_LABEL.to_owned(), "true".to_owned()),
+    ]);
+    let mut volumes = vec![empty_dir("image", &spec.build_storage)];
+    if let Some(secret) = &spec.push_secret {
+        volumes.push(Volume {
+            name: "registry-auth".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".to_owned(),
+                    path: "config.json".to_owned(),
+                    ..KeyToPath::default()
+                }]),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(spec.build_pod_name()),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (IMAGE_ANNOTATION.to_owned(), spec.image.to_string()),
+                (
+                    "kubectl.kubernetes.io/default-container".to_owned(),
+                    "build".to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_owned()),
+            // The kubelet stops a build that outlives the launcher's wait for it.
+            active_deadline_seconds: Some(spec.build_timeout_secs),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            share_process_namespace: Some(false),
+            termination_grace_period_seconds: Some(10),
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: Some(vec![kaniko(spec)]),
+            containers: vec![push(spec)],
+            volumes: Some(volumes),
             ..PodSpec::default()
         }),
         status: None,
@@ -181,35 +257,78 @@ fn pod(spec: &TaskSpec, build: bool) -> Pod {
 }
 
 fn kaniko(spec: &TaskSpec) -> Container {
-    let mut args = vec![
+    let args = vec![
         format!("--context={}", spec.archive_url),
         "--dockerfile=Dockerfile".to_owned(),
+        // Names the image inside the tarball; nothing is pushed from here.
         format!("--destination={}", spec.image),
+        "--no-push".to_owned(),
+        format!("--tar-path={BUILD_TARBALL}"),
         // The digest lands in the container's termination message, for `status`.
         "--digest-file=/dev/termination-log".to_owned(),
         "--single-snapshot".to_owned(),
     ];
-    if spec.image.registry.scheme == Scheme::Http {
-        args.push("--insecure".to_owned());
-    }
-    let mut env = Vec::new();
-    let mut volume_mounts = Vec::new();
-    if spec.push_secret.is_some() {
-        env.push(env_var("DOCKER_CONFIG", "/kaniko/.docker"));
-        volume_mounts.push(mount("registry-auth", "/kaniko/.docker", true));
-    }
     Container {
         name: "build".to_owned(),
         image: Some(spec.images.kaniko.clone()),
         args: Some(args),
-        env: non_empty(env),
-        volume_mounts: non_empty(volume_mounts),
+        // No DOCKER_CONFIG and no secret: RUN steps run in this container's filesystem and
+        // would read any credential mounted here.
+        volume_mounts: Some(vec![mount("image", BUILD_OUTPUT_DIR, false)]),
         resources: resources(&spec.build_resources),
         // Kaniko must be root to unpack base images into its own filesystem; it gets no more
-        // than the runtime's default capabilities and cannot escalate.
+        // than the runtime's default capabilities, less NET_RAW (a RUN step has no use for raw
+        // sockets, which would let it spoof ARP/IP on the node's Pod network), and cannot
+        // escalate.
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             run_as_user: Some(0),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["NET_RAW".to_owned()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// crane pushes the tarball Kaniko left. It starts after Kaniko exited (an init container ends
+/// before any container starts), in its own filesystem: the secret is mounted here only.
+fn push(spec: &TaskSpec) -> Container {
+    let mut args = vec!["push".to_owned()];
+    if spec.image.registry.scheme == Scheme::Http {
+        args.push("--insecure".to_owned());
+    }
+    args.push(BUILD_TARBALL.to_owned());
+    args.push(spec.image.to_string());
+    let mut env = Vec::new();
+    let mut volume_mounts = vec![mount("image", BUILD_OUTPUT_DIR, true)];
+    if spec.push_secret.is_some() {
+        env.push(env_var("DOCKER_CONFIG", PUSH_DOCKER_CONFIG));
+        volume_mounts.push(mount("registry-auth", PUSH_DOCKER_CONFIG, true));
+    }
+    Container {
+        name: "push".to_owned(),
+        image: Some(spec.images.push.clone()),
+        args: Some(args),
+        env: non_empty(env),
+        volume_mounts: Some(volume_mounts),
+        resources: resources(&Resources {
+            cpu: Some("500m".to_owned()),
+            memory: Some("256Mi".to_owned()),
+            ephemeral_storage: None,
+        }),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(PUSH_ID),
+            run_as_group: Some(PUSH_ID),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["ALL".to_owned()]),
+            }),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -222,7 +341,6 @@ fn tollgate_init(spec: &TaskSpec) -> Container {
         image: Some(spec.images.init.clone()),
         args: Some(vec![
             format!("--proxy-uid={PROXY_ID}"),
-            format!("--proxy-gid={PROXY_ID}"),
             format!("--sni-port={SNI_PORT}"),
             format!("--capture-port={CAPTURE_PORT}"),
         ]),
@@ -328,13 +446,17 @@ fn agent(spec: &TaskSpec) -> Container {
         image: Some(spec.image.to_string()),
         env: Some(CA_ENV.iter().map(|k| env_var(k, CA_BUNDLE)).collect()),
         resources: resources(&spec.agent_resources),
+        // The image's USER is never trusted: `USER 1000:1337` or `USER 1337` would make it the
+        // proxy. Every capability goes (SETUID would let it become 1337, NET_ADMIN/NET_RAW undo or
+        // bypass the rules) and cannot come back through setuid or file-capability binaries.
         security_context: Some(SecurityContext {
-            run_as_user: spec.agent_uid,
-            run_as_group: spec.agent_gid,
+            run_as_user: Some(spec.agent_uid),
+            run_as_group: Some(spec.agent_gid),
+            run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
                 add: None,
-                drop: Some(AGENT_DROPPED_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+                drop: Some(vec!["ALL".to_owned()]),
             }),
             ..SecurityContext::default()
         }),
@@ -343,8 +465,8 @@ fn agent(spec: &TaskSpec) -> Container {
     }
 }
 
-fn volumes(spec: &TaskSpec, build: bool) -> Vec<Volume> {
-    let mut volumes = vec![
+fn volumes(spec: &TaskSpec) -> Vec<Volume> {
+    vec![
         Volume {
             name: "podinfo".to_owned(),
             downward_api: Some(DownwardAPIVolumeSource {
@@ -377,23 +499,7 @@ fn volumes(spec: &TaskSpec, build: bool) -> Vec<Volume> {
         empty_dir("proxy-data", "64Mi"),
         empty_dir("proxy-tmp", "1Mi"),
         empty_dir("init-run", "1Mi"),
-    ];
-    if build && let Some(secret) = &spec.push_secret {
-        volumes.push(Volume {
-            name: "registry-auth".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ".dockerconfigjson".to_owned(),
-                    path: "config.json".to_owned(),
-                    ..KeyToPath::default()
-                }]),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-    }
-    volumes
+    ]
 }
 
 fn empty_dir(name: &str, size: &str) -> Volume {

@@ -60,6 +60,15 @@ pub enum SpecError {
         /// `uid` or `gid`.
         what: &'static str,
     },
+    /// Root (or a negative id) for the agent: root can regain capabilities through setuid
+    /// binaries or user namespaces far more easily than an unprivileged user.
+    #[error("agent {what} {value}: the agent must run as a non-root id (1 or more, not 1337)")]
+    RootIdentity {
+        /// `uid` or `gid`.
+        what: &'static str,
+        /// The value given.
+        value: i64,
+    },
     /// An env override for the proxy that is not one it reads.
     #[error(
         "proxy env {0:?}: expected KEY=VALUE with KEY one of the proxy's variables (see --help)"
@@ -424,6 +433,8 @@ pub struct Images {
     pub init: String,
     /// The Kaniko executor.
     pub kaniko: String,
+    /// The pusher of the build Pod: crane (`crane push TARBALL REF`).
+    pub push: String,
 }
 
 /// Everything needed to render one task Pod; every field is already valid.
@@ -447,14 +458,18 @@ pub struct TaskSpec {
     pub agent_resources: Resources,
     /// The Kaniko container's resources.
     pub build_resources: Resources,
+    /// Size limit of the build Pod's emptyDir that holds the image tarball.
+    pub build_storage: String,
+    /// How long a build may take: the build Pod's activeDeadlineSeconds and submit's wait.
+    pub build_timeout_secs: i64,
     /// Container images.
     pub images: Images,
     /// The phase label key (default `ridges.ai/phase`).
     pub phase_label: String,
-    /// runAsUser for the agent (never 1337); None keeps the image's USER.
-    pub agent_uid: Option<i64>,
-    /// runAsGroup for the agent (never 1337).
-    pub agent_gid: Option<i64>,
+    /// runAsUser for the agent: always set (the image's USER is never trusted), never 0 or 1337.
+    pub agent_uid: i64,
+    /// runAsGroup for the agent: always set, never 0 or 1337.
+    pub agent_gid: i64,
     /// imagePullSecret for the built image, if the registry needs one.
     pub pull_secret: Option<String>,
     /// Secret with a `.dockerconfigjson` Kaniko pushes with, if the registry needs one.
@@ -469,14 +484,7 @@ impl TaskSpec {
     /// The Pod's name: `task-<task>-<run>` in DNS-1123 form, shortened with a hash past 63.
     pub fn pod_name(&self) -> String {
         let raw = format!("task-{}-{}", self.task.as_str(), self.run.as_str());
-        let mut name: String = raw
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | '0'..='9' => c,
-                'A'..='Z' => c.to_ascii_lowercase(),
-                _ => '-',
-            })
-            .collect();
+        let mut name = dns_label_from(&raw);
         if name.len() > 63 {
             // Keep it unique: 54 characters of the name, '-', 8 hex digits of a hash of all of it.
             let hash = fnv1a(raw.as_bytes());
@@ -484,6 +492,20 @@ impl TaskSpec {
             name = format!("{}-{hash:08x}", name.trim_end_matches('-'));
         }
         name
+    }
+
+    /// The build Pod's name: `build-<task>-<first 12 hex of the archive digest>`, one per image,
+    /// so two submits of the same archive share one build.
+    pub fn build_pod_name(&self) -> String {
+        let digest = self.image.tag.trim_start_matches("sha256-");
+        let short = digest.get(..12).unwrap_or(digest);
+        let mut name = dns_label_from(&format!("build-{}", self.task.as_str()));
+        if name.len() > 63 - 13 {
+            let hash = fnv1a(self.task.as_str().as_bytes());
+            name.truncate(63 - 13 - 9);
+            name = format!("{}-{hash:08x}", name.trim_end_matches('-'));
+        }
+        format!("{name}-{short}")
     }
 
     /// The ConfigMap that carries a `--policy-file` policy.
@@ -499,6 +521,17 @@ impl TaskSpec {
     }
 }
 
+/// `raw` with every character a DNS-1123 label cannot hold turned into '-', lowercased.
+fn dns_label_from(raw: &str) -> String {
+    raw.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect()
+}
+
 /// FNV-1a, 32 bits: a stable short hash for shortened names (not for security).
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| {
@@ -506,11 +539,15 @@ fn fnv1a(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Refuses the proxy's UID/GID for the agent.
-pub fn agent_id(what: &'static str, id: Option<i64>) -> Result<Option<i64>, SpecError> {
+/// The agent's UID and GID when no flag says otherwise (non-root, not the proxy's).
+pub const DEFAULT_AGENT_ID: i64 = 1000;
+
+/// Refuses the proxy's UID/GID and root (or a negative id) for the agent.
+pub fn agent_id(what: &'static str, id: i64) -> Result<i64, SpecError> {
     match id {
-        Some(PROXY_ID) => Err(SpecError::ProxyIdentity { what }),
-        other => Ok(other),
+        PROXY_ID => Err(SpecError::ProxyIdentity { what }),
+        id if id < 1 => Err(SpecError::RootIdentity { what, value: id }),
+        id => Ok(id),
     }
 }
 

@@ -73,7 +73,7 @@ pub struct StatusView {
     pub phase: Option<String>,
     /// The agent's image.
     pub image: Option<String>,
-    /// Init containers (build, tollgate-init, tollgate-proxy) then containers (agent).
+    /// Init containers (tollgate-init, tollgate-proxy; build) then containers (agent; push).
     pub containers: Vec<ContainerView>,
 }
 
@@ -134,7 +134,7 @@ fn container_view(s: &ContainerStatus) -> ContainerView {
 /// What `wait` waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WaitFor {
-    /// The Pod is Running (the agent started: build, init and proxy are done or up).
+    /// The Pod is Running (the agent started: init and proxy are done or up).
     Running,
     /// The Pod has ended (Succeeded or Failed).
     Completed,

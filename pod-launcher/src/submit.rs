@@ -1,6 +1,12 @@
-//! Creates a task in the cluster: ask the registry whether the image exists, render, then create
-//! the policy ConfigMap (for `--policy-file`), the Pod, and make the Pod own the ConfigMap so it
-//! is garbage-collected with it.
+//! Creates a task in the cluster: ask the registry whether the image exists, render, check the
+//! task Pod ([`crate::admit`]), build the image in its own Pod when needed (create it, wait for
+//! it to succeed, delete it), then create the policy ConfigMap (for `--policy-file`), the task
+//! Pod, and make the Pod own the ConfigMap so it is garbage-collected with it.
+//!
+//! The task Pod is created only once its image exists: a failed build leaves no task Pod stuck
+//! pulling an image that will never come, and the failed build Pod stays for its logs.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -9,9 +15,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde::Serialize;
 
 use crate::FIELD_MANAGER;
+use crate::admit::{self, Refused};
 use crate::registry::{ImageIndex, RegistryError};
 use crate::render::render;
 use crate::spec::TaskSpec;
+use crate::steer::{self, WaitError, WaitFor};
 
 /// Whether to build the image with Kaniko.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,8 +41,10 @@ pub struct Submitted {
     pub pod: String,
     /// The agent's image.
     pub image: String,
-    /// Whether the Pod builds the image first.
+    /// Whether the image was built first.
     pub build: bool,
+    /// The build Pod (deleted once it succeeded), if there was a build.
+    pub build_pod: Option<String>,
     /// The ConfigMap created for `--policy-file`, if any.
     pub policy_configmap: Option<String>,
 }
@@ -45,6 +55,20 @@ pub enum SubmitError {
     /// The registry could not be asked.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The rendered task Pod would let a container act as the proxy (a launcher bug).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The build Pod failed or did not finish in time; no task Pod was created.
+    #[error(
+        "image build in pod {pod}: {source} (see `tollgate-launch logs {pod} -c build`; delete the pod to retry)"
+    )]
+    Build {
+        /// The build Pod.
+        pod: String,
+        /// How the wait ended.
+        #[source]
+        source: WaitError,
+    },
     /// The API server refused or failed a request.
     #[error("{action}: {source}")]
     Api {
@@ -61,12 +85,22 @@ fn api_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> SubmitError
     move |source| SubmitError::Api { action, source }
 }
 
+/// How long to wait for a build Pod, and how often to look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuildWait {
+    /// The bound (also the build Pod's activeDeadlineSeconds).
+    pub timeout: Duration,
+    /// The interval between two reads of the build Pod.
+    pub poll: Duration,
+}
+
 /// Submits the task; see the module doc for the requests made, in order.
 pub async fn submit(
     client: Client,
     spec: &TaskSpec,
     index: &impl ImageIndex,
     mode: BuildMode,
+    wait: BuildWait,
 ) -> Result<Submitted, SubmitError> {
     let build = match mode {
         BuildMode::Auto => !index.has_image(&spec.image).await?,
@@ -74,11 +108,16 @@ pub async fn submit(
         BuildMode::Never => false,
     };
     let rendered = render(spec, build);
+    admit::check(&rendered.pod)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
     let configmaps: Api<ConfigMap> = Api::namespaced(client, &spec.namespace);
     let post = PostParams {
         dry_run: false,
         field_manager: Some(FIELD_MANAGER.to_owned()),
+    };
+    let build_pod = match &rendered.build {
+        Some(pod) => Some(run_build(&pods, &post, pod, wait).await?),
+        None => None,
     };
     let policy_configmap = match &rendered.policy {
         Some(cm) => {
@@ -135,6 +174,42 @@ pub async fn submit(
         pod: pod_name,
         image: spec.image.to_string(),
         build,
+        build_pod,
         policy_configmap,
     })
+}
+
+/// Creates the build Pod (or joins one already building the same image), waits for it to
+/// succeed, then deletes it; returns its name.
+async fn run_build(
+    pods: &Api<Pod>,
+    post: &PostParams,
+    pod: &Pod,
+    wait: BuildWait,
+) -> Result<String, SubmitError> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    match pods.create(post, pod).await {
+        Ok(_) => {}
+        // The same archive submitted twice: one build serves both (the name is per image).
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::info!(pod = %name, "a build of this image is already running; waiting for it");
+        }
+        Err(source) => {
+            return Err(SubmitError::Api {
+                action: "create build pod".to_owned(),
+                source,
+            });
+        }
+    }
+    steer::wait(pods, &name, WaitFor::Completed, wait.timeout, wait.poll)
+        .await
+        .map_err(|source| SubmitError::Build {
+            pod: name.clone(),
+            source,
+        })?;
+    // Best effort: a leftover succeeded build Pod holds nothing and blocks nothing.
+    if let Err(e) = steer::delete(pods, &name).await {
+        tracing::warn!(pod = %name, error = %e, "could not delete the finished build pod");
+    }
+    Ok(name)
 }

@@ -18,7 +18,7 @@ use tollgate_launch::pending::{PendingWork, pending_work, serve};
 use tollgate_launch::registry::{ImageIndex, RegistryError};
 use tollgate_launch::spec::{ImageRef, TaskSpec};
 use tollgate_launch::steer::{self, WaitError, WaitFor};
-use tollgate_launch::submit::{BuildMode, Submitted, submit};
+use tollgate_launch::submit::{BuildMode, BuildWait, Submitted, submit};
 use tollgate_policy::Phase;
 use tower_test::mock;
 
@@ -128,25 +128,76 @@ fn pod_answer(name: &str, uid: &str) -> Value {
 const POD: &str = "task-django--django-12345-r1";
 const IMAGE: &str = "zot.tollgate-system.svc.cluster.local:5000/django__django-12345:sha256-0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 
+const BUILD_POD: &str = "build-django--django-12345-0a1b2c3d4e5f";
+const WAIT: BuildWait = BuildWait {
+    timeout: Duration::from_secs(60),
+    poll: Duration::from_millis(10),
+};
+
+fn pods_path() -> String {
+    format!("/api/v1/namespaces/{NS}/pods?&fieldManager=tollgate-launch")
+}
+
+fn build_pod_in(phase: &str) -> Value {
+    let mut pod = pod_answer(BUILD_POD, "b-1");
+    pod["status"] = json!({ "phase": phase });
+    pod
+}
+
 #[tokio::test]
-async fn submit_posts_the_rendered_pod_with_a_build_when_the_registry_lacks_the_image() {
+async fn submit_builds_in_its_own_pod_first_then_creates_the_task_pod() {
     let spec = spec(&[]);
-    let expected_pod =
-        serde_json::to_value(tollgate_launch::render::render(&spec, true).pod).unwrap();
+    let rendered = tollgate_launch::render::render(&spec, true);
+    let build_pod = serde_json::to_value(rendered.build.clone().unwrap()).unwrap();
+    assert_eq!(build_pod["metadata"]["name"], BUILD_POD);
     assert_eq!(
-        expected_pod["metadata"]["labels"]["tollgate.dev/build"],
+        build_pod["metadata"]["labels"]["tollgate.dev/build"],
         "true"
     );
-    let (client, script) = scripted(vec![Exchange {
-        content_type: Some("application/json"),
-        body: Some(expected_pod),
-        ..exchange(
-            Method::POST,
-            &format!("/api/v1/namespaces/{NS}/pods?&fieldManager=tollgate-launch"),
-            pod_answer(POD, "u-1"),
-        )
-    }]);
-    let done = submit(client, &spec, &Index(false), BuildMode::Auto)
+    let task_pod = serde_json::to_value(&rendered.pod).unwrap();
+    // The task Pod neither builds nor carries the build label (its egress is the agent's).
+    assert_eq!(
+        task_pod["metadata"]["labels"].get("tollgate.dev/build"),
+        None
+    );
+    let init: Vec<&str> = task_pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["tollgate-init", "tollgate-proxy"]);
+    let (client, script) = scripted(vec![
+        Exchange {
+            content_type: Some("application/json"),
+            body: Some(build_pod),
+            ..exchange(Method::POST, &pods_path(), build_pod_in("Pending"))
+        },
+        exchange(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}"),
+            build_pod_in("Running"),
+        ),
+        exchange(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}"),
+            build_pod_in("Succeeded"),
+        ),
+        Exchange {
+            body: Some(json!({})),
+            ..exchange(
+                Method::DELETE,
+                &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}?"),
+                build_pod_in("Succeeded"),
+            )
+        },
+        Exchange {
+            content_type: Some("application/json"),
+            body: Some(task_pod),
+            ..exchange(Method::POST, &pods_path(), pod_answer(POD, "u-1"))
+        },
+    ]);
+    let done = submit(client, &spec, &Index(false), BuildMode::Auto, WAIT)
         .await
         .unwrap();
     script.await.unwrap();
@@ -157,9 +208,69 @@ async fn submit_posts_the_rendered_pod_with_a_build_when_the_registry_lacks_the_
             pod: POD.into(),
             image: IMAGE.into(),
             build: true,
+            build_pod: Some(BUILD_POD.into()),
             policy_configmap: None,
         }
     );
+}
+
+#[tokio::test]
+async fn a_failed_build_creates_no_task_pod_and_keeps_the_build_pod() {
+    let spec = spec(&[]);
+    let (client, script) = scripted(vec![
+        exchange(Method::POST, &pods_path(), build_pod_in("Pending")),
+        exchange(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}"),
+            build_pod_in("Failed"),
+        ),
+    ]);
+    let err = submit(client, &spec, &Index(false), BuildMode::Always, WAIT)
+        .await
+        .unwrap_err();
+    // The script ends here: had submit gone on (deleted the build Pod, created the task Pod),
+    // the mock would have had no answer and submit would have failed with another error.
+    script.await.unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "image build in pod {BUILD_POD}: pod {BUILD_POD}: Failed"
+        )),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_submit_of_the_same_archive_joins_the_running_build() {
+    let spec = spec(&[]);
+    let conflict = json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "message": "pods \"build-django--django-12345-0a1b2c3d4e5f\" already exists",
+        "reason": "AlreadyExists", "code": 409
+    });
+    let (client, script) = scripted(vec![
+        Exchange {
+            status: StatusCode::CONFLICT,
+            ..exchange(Method::POST, &pods_path(), conflict)
+        },
+        exchange(
+            Method::GET,
+            &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}"),
+            build_pod_in("Succeeded"),
+        ),
+        exchange(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{NS}/pods/{BUILD_POD}?"),
+            build_pod_in("Succeeded"),
+        ),
+        exchange(Method::POST, &pods_path(), pod_answer(POD, "u-1")),
+    ]);
+    let done = submit(client, &spec, &Index(false), BuildMode::Auto, WAIT)
+        .await
+        .unwrap();
+    script.await.unwrap();
+    assert_eq!(done.pod, POD);
+    assert_eq!(done.build_pod.as_deref(), Some(BUILD_POD));
 }
 
 #[tokio::test]
@@ -182,7 +293,7 @@ async fn submit_skips_the_build_when_the_registry_has_the_image() {
             pod_answer(POD, "u-1"),
         )
     }]);
-    let done = submit(client, &spec, &Index(true), BuildMode::Auto)
+    let done = submit(client, &spec, &Index(true), BuildMode::Auto, WAIT)
         .await
         .unwrap();
     script.await.unwrap();
@@ -231,7 +342,7 @@ async fn submit_with_a_policy_file_creates_the_configmap_then_the_pod_then_the_o
             )
         },
     ]);
-    let done = submit(client, &spec, &Index(false), BuildMode::Auto)
+    let done = submit(client, &spec, &Index(true), BuildMode::Auto, WAIT)
         .await
         .unwrap();
     script.await.unwrap();
@@ -271,7 +382,7 @@ async fn a_refused_pod_removes_the_policy_configmap_it_left() {
             )
         },
     ]);
-    let err = submit(client, &spec, &Index(false), BuildMode::Never)
+    let err = submit(client, &spec, &Index(false), BuildMode::Never, WAIT)
         .await
         .unwrap_err();
     script.await.unwrap();

@@ -116,8 +116,8 @@ fn custom_phase_label_agent_ids_https_registry_and_long_names() {
             "--run=2026-11-28T12.00.00Z_evaluation_run_with_a_long_name",
             "--registry=registry.example.com",
             "--registry-scheme=https",
-            "--agent-uid=1000",
-            "--agent-gid=1000",
+            "--agent-uid=2000",
+            "--agent-gid=2001",
             "--cpu=500m",
             "--memory=1Gi",
             "--ephemeral-storage=20Gi",
@@ -167,6 +167,10 @@ fn bad_flags_exit_64_with_the_reason() {
         (vec!["--task=Django"], "task id"),
         (vec!["--task=t", "--agent-uid=1337"], "1337"),
         (vec!["--task=t", "--agent-gid=1337"], "1337"),
+        (vec!["--task=t", "--agent-uid=0"], "non-root"),
+        (vec!["--task=t", "--agent-gid=0"], "non-root"),
+        (vec!["--task=t", "--agent-uid=-5"], "non-root"),
+        (vec!["--task=t", "--build-storage=lots"], "--build-storage"),
         (vec!["--task=t", "--budget-usd=-1"], "budget"),
         (vec!["--task=t", "--cpu=two"], "--cpu"),
         (vec!["--task=t", &bad_policy], "phase"),
@@ -202,4 +206,45 @@ fn render_prints_yaml_and_exits_0() {
     );
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert!(yaml.starts_with("apiVersion: v1\nkind: Pod\n"), "{yaml}");
+}
+
+#[test]
+fn check_pod_passes_what_render_makes_and_skips_the_build_pod() {
+    let example = manifest_dir().join("../k8s/examples/task-pod.yaml");
+    let out = launch(&["check-pod", example.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("skipped: pod build-django--django-12345-0a1b2c3d4e5f"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: pod task-django--django-12345-run-2026-11-28"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_pod_refuses_a_pod_whose_image_picks_the_agent_user_or_gives_it_group_1337() {
+    let fixture = manifest_dir().join("tests/fixtures/image-user-pod.yaml");
+    let out = launch(&["check-pod", fixture.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for needle in [
+        "pod hand-written would let a container act as the proxy's UID/GID 1337",
+        "pod: gives every container the proxy's group 1337 (proxy-gid-in-pod)",
+        "agent: runAsUser is not set, so the image's USER (maybe 1337) decides (run-as-user-unset)",
+        "agent: runAsGroup is not set",
+        "agent: keeps CAP_SETUID/CAP_SETGID",
+        "agent: allowPrivilegeEscalation is not false",
+        "sidecar: runs as GID 1337",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing in:\n{stderr}");
+    }
+    assert!(!stderr.contains("tollgate-proxy:"), "{stderr}");
 }

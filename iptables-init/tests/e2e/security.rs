@@ -2,15 +2,18 @@
 //! proxy. A root process with CAP_SETUID, CAP_SETGID, CAP_NET_RAW and CAP_NET_ADMIN dropped and
 //! no_new_privs (what the agent container gets) cannot escape by calling setgid/setuid(1337);
 //! with CAP_SETUID kept, it can: the control case shows what an operator loses.
+//!
+//! Only the UID is exempt: a process whose primary or supplementary group is the proxy's (an
+//! image's `USER 1000:1337`, an `fsGroup`) is redirected and fenced like any other.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
-use crate::netns::{DNS, Netns, Run, V4_A, require_root, sock};
+use crate::netns::{DNS, Netns, Run, V4_A, binary, require_root, sock};
 
 const ESCAPE_ENV: &str = "TOLLGATE_INIT_ESCAPE";
 
@@ -35,6 +38,12 @@ fn escape_attempt() {
             println!("ESCAPE connect=ok");
         }
         Err(e) => println!("ESCAPE connect=err({e})"),
+    }
+    // The fence: UDP from anyone but the proxy fails at `send` (EPERM from the REJECT).
+    let udp = UdpSocket::bind("0.0.0.0:0").and_then(|u| u.send_to(b"x", dst));
+    match udp {
+        Ok(_) => println!("ESCAPE udp=ok"),
+        Err(e) => println!("ESCAPE udp=err({})", e.kind()),
     }
 }
 
@@ -125,4 +134,73 @@ fn setuid_cannot_escape_the_redirect() {
         arrival(&listener, "escaped-token", Duration::from_millis(500)),
         None
     );
+}
+
+#[test]
+fn the_proxy_group_is_not_exempt() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new();
+    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    let listener = ns.bind(sock(Ipv4Addr::UNSPECIFIED, 15443));
+
+    // An agent image with `USER 1000:1337`, then one whose user is only a member of group 1337
+    // (/etc/group, fsGroup, supplementalGroups): both must be captured and fenced.
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "primary-gid",
+            &["--reuid", "1000", "--regid", "1337", "--clear-groups"],
+        ),
+        (
+            "supplementary-gid",
+            &["--reuid", "1000", "--regid", "1000", "--groups", "1337"],
+        ),
+    ];
+    for (token, ids) in cases {
+        let mut setpriv = ids.to_vec();
+        setpriv.push("--no-new-privs");
+        let r = run_escape(&ns, &setpriv, token);
+        assert!(
+            r.stdout.contains("setuid=Err(EPERM) uid=1000"),
+            "{token}: {r}"
+        );
+        assert!(r.stdout.contains("ESCAPE connect=ok"), "{token}: {r}");
+        assert_eq!(
+            arrival(&listener, token, Duration::from_secs(3)),
+            Some(sock(V4_A, 443)),
+            "{token}: group 1337 must not exempt the connection from the redirect: {r}"
+        );
+        assert!(
+            r.stdout.contains("ESCAPE udp=err(permission denied)"),
+            "{token}: group 1337 must not exempt UDP from the fence: {r}"
+        );
+    }
+}
+
+/// A Pod whose `fsGroup` or `supplementalGroups` is 1337 gives that group to every container,
+/// tollgate-init's included: it is the one trace of the other containers' identities the init
+/// container can see, and it refuses to install (so the Pod never starts).
+#[test]
+fn an_init_container_in_the_proxy_group_refuses_to_install() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let r: Run = ns
+        .cmd("setpriv")
+        .args(["--groups", "1337", "--"])
+        .arg(binary())
+        .args(["--dns", DNS])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 14, "{r}");
+    assert!(r.stderr.contains("holds group 1337, the proxy's"), "{r}");
+    assert!(
+        !ns.save("iptables-save").contains("TOLLGATE"),
+        "nothing installed: {r}"
+    );
+    // The same binary without the group installs.
+    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
 }

@@ -96,11 +96,18 @@ fn label_keys() {
 #[test]
 fn the_proxy_identity_is_refused_for_the_agent() {
     assert_eq!(
-        agent_id("uid", Some(1337)),
+        agent_id("uid", 1337),
         Err(SpecError::ProxyIdentity { what: "uid" })
     );
-    assert_eq!(agent_id("uid", Some(1000)), Ok(Some(1000)));
-    assert_eq!(agent_id("gid", None), Ok(None));
+    assert_eq!(agent_id("uid", 1000), Ok(1000));
+    assert_eq!(
+        agent_id("gid", 0),
+        Err(SpecError::RootIdentity {
+            what: "gid",
+            value: 0
+        })
+    );
+    assert!(agent_id("uid", -1).is_err());
 }
 
 #[test]
