@@ -21,12 +21,14 @@
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
 //! - [`reload`]: watches the policy file and swaps in each good version.
 //! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals.
+//! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals;
+//!   [`bind`]: binds the listeners, waiting out a port another process holds.
 
 #![forbid(unsafe_code)]
 
 pub mod accept;
 pub mod admin;
+pub mod bind;
 pub mod cli;
 pub mod client_hello;
 pub mod connection;

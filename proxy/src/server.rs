@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_policy::Policy;
 
 use crate::accept::{self, Limits};
-use crate::admin::{self, Readiness};
+use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
 use crate::intercept::gateway::{Gateway, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
@@ -31,6 +31,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Where the phase comes from.
     pub phase_sources: phase::Sources,
+    /// Bounds on the read-only listeners (admin, usage), each.
+    pub read_only: ReadOnlyLimits,
+    /// Bytes of request bodies the LLM gateway may hold across all requests.
+    pub body_budget: usize,
 }
 
 /// The policy the proxy starts with, and where later versions come from.
@@ -68,6 +72,11 @@ pub struct Server {
     pub interceptor: Arc<dyn Interceptor>,
     /// The metrics catalog (shared with the interceptor).
     pub metrics: Metrics,
+    /// What `/readyz` reports; set here once every listener is served.
+    pub ready: Arc<Readiness>,
+    /// Ports tollgate serves outside this struct (an admin listener started by the caller),
+    /// refused as capture destinations like the others.
+    pub other_own_ports: Vec<u16>,
 }
 
 impl Server {
@@ -91,6 +100,8 @@ impl Server {
             orig_dst: Arc::new(Netfilter),
             interceptor: Arc::new(Unavailable),
             metrics: Metrics::new(),
+            ready: Arc::new(Readiness::default()),
+            other_own_ports: Vec::new(),
         }
     }
 
@@ -109,6 +120,8 @@ impl Server {
             orig_dst,
             mut interceptor,
             metrics,
+            ready,
+            other_own_ports,
         } = self;
         let sources = settings.phase_sources.clone();
         let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
@@ -138,7 +151,8 @@ impl Server {
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
-            let (built, state, bg) = Gateway::start(current.clone(), &metrics, &background)?;
+            let (built, state, bg) =
+                Gateway::start(current.clone(), &metrics, settings.body_budget, &background)?;
             interceptor = Arc::new(built);
             running = Some(bg);
             if let Some(usage_listener) = usage {
@@ -146,18 +160,20 @@ impl Server {
                 tokio::spawn(usage_api::serve(
                     usage_listener,
                     state.ledger.clone(),
+                    settings.read_only,
+                    metrics.clone(),
                     background.clone(),
                 ));
             }
         }
-        let ready = Arc::new(Readiness::default());
-        let mut own_ports = Vec::new();
+        let mut own_ports = other_own_ports;
         if let Some(admin_listener) = admin {
             own_ports.extend(log_listening("admin", &admin_listener));
             tokio::spawn(admin::serve(
                 admin_listener,
                 metrics.clone(),
                 ready.clone(),
+                settings.read_only,
                 background.clone(),
             ));
         }
@@ -192,7 +208,7 @@ impl Server {
 }
 
 /// Logs a bound listener (tests read ephemeral ports from this line) and returns its port.
-fn log_listening(listener: &'static str, socket: &TcpListener) -> Option<u16> {
+pub fn log_listening(listener: &'static str, socket: &TcpListener) -> Option<u16> {
     match socket.local_addr() {
         Ok(addr) => {
             tracing::info!(listener, addr = %addr, "listening");

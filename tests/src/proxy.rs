@@ -190,6 +190,15 @@ impl ProxyBuilder {
 
     /// Starts the proxy and waits until every listener has logged `listening`.
     pub async fn start(self) -> Result<Proxy> {
+        let sni_count = self.listen.len().max(1);
+        let mut proxy = self.spawn().await?;
+        proxy.wait_listening(sni_count).await?;
+        Ok(proxy)
+    }
+
+    /// Starts the proxy without waiting for its listeners (a test that holds one of its ports
+    /// itself calls [`Proxy::wait_listening`] later).
+    pub async fn spawn(self) -> Result<Proxy> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-proxy-")
             .tempdir()?;
@@ -271,7 +280,7 @@ impl ProxyBuilder {
         spawn_reader(child.stderr.take().context("stderr piped")?, stderr.clone());
         spawn_reader(child.stdout.take().context("stdout piped")?, stdout.clone());
 
-        let mut proxy = Proxy {
+        let proxy = Proxy {
             child,
             exit: None,
             stderr,
@@ -285,7 +294,6 @@ impl ProxyBuilder {
             command_line,
             _dir: dir,
         };
-        proxy.wait_listening(listen.len()).await?;
         Ok(proxy)
     }
 }
@@ -343,7 +351,9 @@ impl Proxy {
         Proxy::builder().policy(policy).start().await
     }
 
-    async fn wait_listening(&mut self, sni_count: usize) -> Result<()> {
+    /// Waits until `sni_count` SNI listeners and the admin listener have logged `listening`
+    /// (within [`START_TIMEOUT`]), and learns their addresses.
+    pub async fn wait_listening(&mut self, sni_count: usize) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let mut sni = Vec::new();
