@@ -15,6 +15,7 @@ use tollgate_policy::{DEFAULT_POLICY_TOML, Policy};
 use crate::accept::Limits;
 use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::bind::{self, Bound};
+use crate::intercept::gateway::Capacity;
 use crate::metrics::Metrics;
 use crate::phase;
 use crate::server::{LoadedPolicy, Server, Settings, log_listening};
@@ -77,8 +78,13 @@ struct RunArgs {
     #[arg(long, env = "TOLLGATE_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
     /// Connections open at once on the SNI and capture listeners; more are refused and counted.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    /// The default fits the 256 MiB memory limit of the shipped manifests (README: Resource bounds).
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Of those, intercepted (LLM gateway) connections open at once; more are closed after the
+    /// ClientHello and logged as `intercept-limit`.
+    #[arg(long, env = "TOLLGATE_MAX_INTERCEPTED_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_intercepted_connections: u32,
     /// Connections open at once on each read-only listener (admin, usage); more are closed at
     /// once and counted.
     #[arg(long, env = "TOLLGATE_READ_ONLY_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -88,7 +94,7 @@ struct RunArgs {
     read_only_header_timeout: Duration,
     /// Bytes of request bodies (counted with their parsed JSON) the LLM gateway holds across all
     /// requests at once; over it a request waits up to 5 s, then gets 503. Suffixes KiB, MiB.
-    #[arg(long, env = "TOLLGATE_BODY_BUDGET", default_value = "64MiB")]
+    #[arg(long, env = "TOLLGATE_BODY_BUDGET", default_value = "48MiB")]
     body_budget: ByteSize,
     /// After SIGTERM/SIGINT, how long open connections may finish before they are cut.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -227,7 +233,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             unlock_file: args.unlock_file,
         },
         read_only,
-        body_budget: args.body_budget.0,
+        gateway: Capacity {
+            body_budget: args.body_budget.0,
+            max_connections: args.max_intercepted_connections as usize,
+        },
     };
     let mut server = Server::new(listeners, capture, None, settings, policy);
     server.metrics = metrics;

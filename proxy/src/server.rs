@@ -14,7 +14,7 @@ use tollgate_policy::Policy;
 use crate::accept::{self, Limits};
 use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
-use crate::intercept::gateway::{Gateway, StartError};
+use crate::intercept::gateway::{Capacity, Gateway, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Netfilter, OrigDst};
@@ -33,8 +33,8 @@ pub struct Settings {
     pub phase_sources: phase::Sources,
     /// Bounds on the read-only listeners (admin, usage), each.
     pub read_only: ReadOnlyLimits,
-    /// Bytes of request bodies the LLM gateway may hold across all requests.
-    pub body_budget: usize,
+    /// What the LLM gateway may hold at once (body budget, intercepted connections).
+    pub gateway: Capacity,
 }
 
 /// The policy the proxy starts with, and where later versions come from.
@@ -152,7 +152,7 @@ impl Server {
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
             let (built, state, bg) =
-                Gateway::start(current.clone(), &metrics, settings.body_budget, &background)?;
+                Gateway::start(current.clone(), &metrics, settings.gateway, &background)?;
             interceptor = Arc::new(built);
             running = Some(bg);
             if let Some(usage_listener) = usage {

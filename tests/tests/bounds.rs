@@ -13,11 +13,11 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tollgate_tests::clients::RawClient;
+use tollgate_tests::clients::{RawClient, tls_connect};
 use tollgate_tests::eventually;
 use tollgate_tests::fake_openrouter::CHAT;
 use tollgate_tests::fixture::Loopback;
-use tollgate_tests::gateway::{Gateway, MODEL, RunningGateway, SETTLE, chat, error_message};
+use tollgate_tests::gateway::{Gateway, HOST, MODEL, RunningGateway, SETTLE, chat, error_message};
 use tollgate_tests::llm_client::{AGENT_KEY, client_config_from_pem};
 use tollgate_tests::pki::ALPN_HTTP11;
 use tollgate_tests::proxy::{Proxy, parse_http_response};
@@ -139,7 +139,7 @@ async fn a_body_that_would_parse_into_more_than_the_budget_is_refused_unparsed()
         .await
         .unwrap();
     // 1.5 MB of `0,`: under max_body, but ~750k JSON values (~100 MB parsed) against the
-    // default 64 MiB budget.
+    // default 48 MiB budget.
     let r = run
         .client()
         .post_json(CHAT, &dense_chat(750_000))
@@ -226,6 +226,48 @@ async fn a_full_body_budget_makes_new_bodies_wait_then_503_and_recovers() {
         .unwrap();
     let r = run.client().post_json(CHAT, &big).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intercepted_connections_over_their_cap_are_closed_after_the_hello() {
+    let gw = Gateway::new().await.unwrap();
+    let builder = gw
+        .builder(&gw.spec(), &[])
+        .unwrap()
+        .arg("--max-intercepted-connections")
+        .arg("2");
+    let run = RunningGateway::start_from(builder, &gw).await.unwrap();
+    let config = client_config_from_pem(&run.ca_pem, ALPN_HTTP11).unwrap();
+    let connect = || tls_connect(run.proxy.sni_addr(), HOST, config.clone());
+    let first = connect().await.unwrap();
+    let second = connect().await.unwrap();
+    assert!(
+        connect().await.is_err(),
+        "a third intercepted connection is closed"
+    );
+    run.proxy
+        .wait_for_log(SETTLE, "a connection closed at the intercept limit", |v| {
+            v["message"] == "connection" && v["reason"] == "intercept-limit"
+        })
+        .await
+        .unwrap();
+    assert!(
+        run.metric(
+            "tollgate_connections_total",
+            &[("reason", "intercept-limit")]
+        )
+        .await
+        .unwrap()
+            >= 1.0
+    );
+    drop(first);
+    eventually(SETTLE, "a request once a slot is free", || async {
+        let r = run.client().post_json(CHAT, &chat(MODEL)).await.ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", run.proxy.describe()));
+    drop(second);
 }
 
 /// The holder line tollgate logs while a port is taken.

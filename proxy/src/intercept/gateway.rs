@@ -43,7 +43,7 @@ const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
 /// Unread request DATA one h2 stream may have in flight.
 const H2_STREAM_WINDOW: u32 = 64 * 1024;
 /// Concurrent h2 streams per connection (each may hold a request head while it waits).
-const H2_MAX_STREAMS: u32 = 32;
+const H2_MAX_STREAMS: u32 = 16;
 /// How often the ledger's files are synced and the usage file rewritten.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -117,6 +117,18 @@ pub struct State {
 pub struct Gateway {
     tls: TlsAcceptor,
     state: Arc<State>,
+    /// Intercepted connections open at once (each may buffer a TLS session, request heads and
+    /// h2 windows: see `bounded_http_server`).
+    connections: Arc<Semaphore>,
+}
+
+/// What the gateway may hold at once, fixed for the process (flags, not policy).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Bytes of request bodies (and their estimated parse) across all requests.
+    pub body_budget: usize,
+    /// Intercepted connections open at once; more are closed after the ClientHello.
+    pub max_connections: usize,
 }
 
 /// Background work the gateway started; stop it at shutdown.
@@ -140,7 +152,7 @@ impl Gateway {
     pub fn start(
         policy: Arc<ArcSwap<Policy>>,
         metrics: &Metrics,
-        body_budget: usize,
+        capacity: Capacity,
         shutdown: &CancellationToken,
     ) -> Result<(Gateway, Arc<State>, Running), StartError> {
         let snapshot = policy.load_full();
@@ -207,7 +219,7 @@ impl Gateway {
             ),
             concurrency: Arc::new(Semaphore::new(nonzero(g.limits.max_concurrent))),
             body_budget: BodyBudget::new(
-                body_budget,
+                capacity.body_budget,
                 &metrics.bounds.body_budget_bytes,
                 metrics.bounds.body_budget_in_use_bytes.clone(),
             ),
@@ -224,6 +236,7 @@ impl Gateway {
         let gateway = Gateway {
             tls: TlsAcceptor::from(tls),
             state: state.clone(),
+            connections: Arc::new(Semaphore::new(capacity.max_connections.max(1))),
         };
         Ok((gateway, state, Running { flusher }))
     }
@@ -333,7 +346,19 @@ impl Interceptor for Gateway {
     fn handle(&self, conn: Intercepted, stop: CancellationToken) -> BoxFuture<'static, Outcome> {
         let acceptor = self.tls.clone();
         let state = self.state.clone();
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let bytes_up = conn.replay.len() as u64;
+            drop(conn);
+            return Box::pin(async move {
+                Outcome {
+                    reason: "intercept-limit",
+                    bytes_up,
+                    bytes_down: 0,
+                }
+            });
+        };
         Box::pin(async move {
+            let _permit = permit;
             let io = Replay::new(conn.replay, conn.stream);
             let counts = io.counts();
             let outcome = |reason| {
