@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::probe::{self, ProbeKey};
 
 /// Readiness: listeners bound and a policy loaded.
 #[derive(Debug, Default)]
@@ -42,11 +43,12 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     ready: Arc<Readiness>,
+    probe: Option<Arc<ProbeKey>>,
     limits: ReadOnlyLimits,
     shutdown: CancellationToken,
 ) {
     let catalog = metrics.clone();
-    let responder = move |req: &Request<Incoming>| respond(req, &metrics, &ready);
+    let responder = move |req: &Request<Incoming>| respond(req, &metrics, &ready, probe.as_deref());
     serve_read_only(
         "admin",
         listener,
@@ -148,7 +150,12 @@ pub async fn serve_read_only(
     }
 }
 
-fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    metrics: &Metrics,
+    ready: &Readiness,
+    probe: Option<&ProbeKey>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -161,7 +168,20 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Res
             .body(Full::new(Bytes::from(metrics.render())))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n")),
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if ready.get() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if ready.get() => {
+            let mut response = text(StatusCode::OK, "ready\n");
+            // Only tollgate holds the key: `tollgate probe` tells it from a port squatter.
+            let challenge = req.headers().get(probe::CHALLENGE_HEADER);
+            let proof = challenge
+                .and_then(|c| c.to_str().ok())
+                .zip(probe)
+                .and_then(|(c, key)| key.prove(c))
+                .and_then(|p| header::HeaderValue::from_str(&p).ok());
+            if let Some(proof) = proof {
+                response.headers_mut().insert(probe::PROOF_HEADER, proof);
+            }
+            response
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -18,6 +18,7 @@ use crate::bind::{self, Bound};
 use crate::intercept::gateway::Capacity;
 use crate::metrics::Metrics;
 use crate::phase;
+use crate::probe::ProbeKey;
 use crate::server::{LoadedPolicy, Server, Settings, log_listening};
 
 /// Exit code for a bad configuration (BSD sysexits EX_USAGE), as linkerd2-proxy uses.
@@ -52,7 +53,21 @@ enum Command {
         /// The policy TOML file.
         file: PathBuf,
     },
+    /// Readiness for an exec probe: GET /readyz with a challenge only this Pod's tollgate can
+    /// answer (its key is in --probe-secret-file); exits 0 when ready, 1 otherwise (including
+    /// when something else holds the admin port).
+    Probe {
+        /// The admin address to probe.
+        #[arg(long, default_value = "127.0.0.1:15090")]
+        admin: SocketAddr,
+        /// The key file tollgate writes at start.
+        #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
+        probe_secret_file: PathBuf,
+    },
 }
+
+/// Where tollgate writes its probe key: the sidecar's own `/tmp` in the shipped manifests.
+const DEFAULT_PROBE_KEY: &str = "/tmp/tollgate-probe-key";
 
 #[derive(Debug, Args)]
 struct RunArgs {
@@ -116,6 +131,10 @@ struct RunArgs {
         default_value = "/tmp/egress-unlocked"
     )]
     unlock_file: PathBuf,
+    /// File for the key `tollgate probe` checks /readyz answers with (rewritten at each start,
+    /// mode 0600); keep it where the agent cannot read it.
+    #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
+    probe_secret_file: PathBuf,
     /// Log format (logs go to stderr; RUST_LOG filters).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -132,6 +151,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { file }) => check(&file),
+        Some(Command::Probe {
+            admin,
+            probe_secret_file,
+        }) => match crate::probe::run(admin, &probe_secret_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("not ready: {error}");
+                ExitCode::FAILURE
+            }
+        },
         None => run(cli.run),
     }
 }
@@ -186,6 +215,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let metrics = Metrics::new();
     let ready = Arc::new(Readiness::default());
+    // A fresh key each start, before any port is bound: a squatter never sees one.
+    let probe = match ProbeKey::generate(&args.probe_secret_file) {
+        Ok(key) => Some(Arc::new(key)),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                path = %args.probe_secret_file.display(),
+                "cannot write the probe key; `tollgate probe` will report not ready"
+            );
+            None
+        }
+    };
 
     // The admin port first, so that while any other port is still held by someone else,
     // `/readyz` is answered by tollgate itself: "not ready".
@@ -201,6 +242,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             listener,
             metrics.clone(),
             ready.clone(),
+            probe.clone(),
             read_only,
             admin_stop.clone(),
         ));

@@ -173,6 +173,7 @@ impl Server {
                 admin_listener,
                 metrics.clone(),
                 ready.clone(),
+                None,
                 settings.read_only,
                 background.clone(),
             ));

@@ -250,6 +250,10 @@ impl ProxyBuilder {
         if !chose("--certs-dir") && supports_flag("--certs-dir") {
             cmd.arg("--certs-dir").arg(dir.path().join("certs"));
         }
+        if !chose("--probe-secret-file") && supports_flag("--probe-secret-file") {
+            cmd.arg("--probe-secret-file")
+                .arg(dir.path().join("probe-key"));
+        }
         if !self
             .envs
             .iter()
@@ -427,6 +431,27 @@ impl Proxy {
     /// The unlock sentinel the proxy watches (absent unless the test created it).
     pub fn unlock_file(&self) -> &Path {
         &self.unlock_file
+    }
+
+    /// The key file `tollgate probe` checks this proxy's `/readyz` answers with.
+    pub fn probe_key_file(&self) -> PathBuf {
+        self._dir.path().join("probe-key")
+    }
+
+    /// Runs `tollgate probe` against `admin` with this proxy's key: (exit code, stderr).
+    pub fn probe(&self, admin: SocketAddr) -> Result<(i32, String)> {
+        let out = Command::new(tollgate_bin())
+            .arg("probe")
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--probe-secret-file")
+            .arg(self.probe_key_file())
+            .env_remove("TOLLGATE_PROBE_SECRET_FILE")
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// The child's pid.

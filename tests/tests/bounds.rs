@@ -308,6 +308,9 @@ async fn a_squatted_sni_port_keeps_tollgate_up_and_not_ready_until_it_is_freed()
 
     // Up, answering its own admin port, and not ready.
     assert_eq!(proxy.admin_get("/readyz").await.unwrap().0, 503);
+    let (code, stderr) = proxy.probe(proxy.admin_addr()).unwrap();
+    assert_eq!(code, 1, "tollgate probe while not ready: {stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
     assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
     assert!(proxy.try_wait_alive(), "{}", proxy.describe());
     assert!(
@@ -374,6 +377,10 @@ async fn a_squatted_admin_port_is_waited_for_and_then_served() {
         "the squatter's forged answer"
     );
     assert!(proxy.try_wait_alive(), "{}", proxy.describe());
+    // ... but not one `tollgate probe` (the exec probe) accepts.
+    let (code, stderr) = proxy.probe(admin).unwrap();
+    assert_eq!(code, 1, "tollgate probe against the squatter: {stderr}");
+    assert!(stderr.contains("no valid proof"), "{stderr}");
 
     drop(squatter);
     proxy.wait_listening(1).await.unwrap();
@@ -390,5 +397,7 @@ async fn a_squatted_admin_port_is_waited_for_and_then_served() {
             .unwrap()
             .contains("tollgate_build_info")
     );
+    let (code, stderr) = proxy.probe(admin).unwrap();
+    assert_eq!(code, 0, "tollgate probe against tollgate: {stderr}");
     lb.assert_tunnels(&proxy, "allowed.test").await.unwrap();
 }
