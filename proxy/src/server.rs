@@ -183,6 +183,9 @@ impl Server {
             .map(|l| (Listener::Sni, l))
             .chain(capture.into_iter().map(|l| (Listener::Capture, l)))
             .collect();
+        // Every socket is bound and listening (connections queue until the accept loops run),
+        // so ready now: before the `listening` lines, which callers take as "started".
+        ready.set(true);
         for (kind, listener) in &listeners {
             own_ports.extend(log_listening(kind.as_str(), listener));
         }
@@ -196,7 +199,6 @@ impl Server {
             settings.hello_timeout,
         );
         ctx.own_ports = own_ports;
-        ready.set(true);
         accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
         ready.set(false);
         background.cancel();
