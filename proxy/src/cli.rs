@@ -37,6 +37,9 @@ const LONG_VERSION: &str = concat!(
 /// intercepts it (LLM API hosts), tunnels it to the SNI host, or rejects it (fail closed).
 /// With no --policy it runs an embedded default policy: agent phase, intercept openrouter.ai,
 /// nothing else allowed.
+///
+/// A port another process holds is waited for (logged with its holder, /readyz not ready
+/// meanwhile) instead of being a configuration error.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version = LONG_VERSION, about, long_about)]
 pub struct Cli {
