@@ -160,7 +160,7 @@ pub fn main() -> ExitCode {
         }) => match crate::probe::run(admin, &probe_secret_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("not ready: {error}");
+                eprintln!("tollgate probe: {error}");
                 ExitCode::FAILURE
             }
         },
