@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,8 +13,13 @@ use tokio_util::sync::CancellationToken;
 use tollgate_policy::{DEFAULT_POLICY_TOML, Policy};
 
 use crate::accept::Limits;
+use crate::admin::{self, ReadOnlyLimits, Readiness};
+use crate::bind::{self, Bound};
+use crate::intercept::gateway::Capacity;
+use crate::metrics::Metrics;
 use crate::phase;
-use crate::server::{LoadedPolicy, Server, Settings};
+use crate::probe::ProbeKey;
+use crate::server::{LoadedPolicy, Server, Settings, log_listening};
 
 /// Exit code for a bad configuration (BSD sysexits EX_USAGE), as linkerd2-proxy uses.
 pub const EXIT_CONFIG: u8 = 64;
@@ -31,6 +37,9 @@ const LONG_VERSION: &str = concat!(
 /// intercepts it (LLM API hosts), tunnels it to the SNI host, or rejects it (fail closed).
 /// With no --policy it runs an embedded default policy: agent phase, intercept openrouter.ai,
 /// nothing else allowed.
+///
+/// A port another process holds is waited for (logged with its holder, /readyz not ready
+/// meanwhile) instead of being a configuration error.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version = LONG_VERSION, about, long_about)]
 pub struct Cli {
@@ -47,7 +56,21 @@ enum Command {
         /// The policy TOML file.
         file: PathBuf,
     },
+    /// Readiness for an exec probe: GET /readyz with a challenge only this Pod's tollgate can
+    /// answer (its key is in --probe-secret-file); exits 0 when ready, 1 otherwise (including
+    /// when something else holds the admin port).
+    Probe {
+        /// The admin address to probe.
+        #[arg(long, default_value = "127.0.0.1:15090")]
+        admin: SocketAddr,
+        /// The key file tollgate writes at start.
+        #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
+        probe_secret_file: PathBuf,
+    },
 }
+
+/// Where tollgate writes its probe key: the sidecar's own `/tmp` in the shipped manifests.
+const DEFAULT_PROBE_KEY: &str = "/tmp/tollgate-probe-key";
 
 #[derive(Debug, Args)]
 struct RunArgs {
@@ -72,9 +95,25 @@ struct RunArgs {
     /// Bound on reading a whole ClientHello (slow clients are cut).
     #[arg(long, env = "TOLLGATE_HELLO_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
-    /// Connections open at once; more are refused and counted.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Connections open at once on the SNI and capture listeners; more are refused and counted.
+    /// The default fits the 256 MiB memory limit of the shipped manifests (README: Resource bounds).
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Of those, intercepted (LLM gateway) connections open at once; more are closed after the
+    /// ClientHello and logged as `intercept-limit`.
+    #[arg(long, env = "TOLLGATE_MAX_INTERCEPTED_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_intercepted_connections: u32,
+    /// Connections open at once on each read-only listener (admin, usage); more are closed at
+    /// once and counted.
+    #[arg(long, env = "TOLLGATE_READ_ONLY_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    read_only_max_connections: u32,
+    /// How long a client of a read-only listener may take to send its request headers.
+    #[arg(long, env = "TOLLGATE_READ_ONLY_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    read_only_header_timeout: Duration,
+    /// Bytes of request bodies (counted with their parsed JSON) the LLM gateway holds across all
+    /// requests at once; over it a request waits up to 5 s, then gets 503. Suffixes KiB, MiB.
+    #[arg(long, env = "TOLLGATE_BODY_BUDGET", default_value = "48MiB")]
+    body_budget: ByteSize,
     /// After SIGTERM/SIGINT, how long open connections may finish before they are cut.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -95,6 +134,10 @@ struct RunArgs {
         default_value = "/tmp/egress-unlocked"
     )]
     unlock_file: PathBuf,
+    /// File for the key `tollgate probe` checks /readyz answers with (rewritten at each start,
+    /// mode 0600); keep it where the agent cannot read it.
+    #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
+    probe_secret_file: PathBuf,
     /// Log format (logs go to stderr; RUST_LOG filters).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -111,6 +154,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { file }) => check(&file),
+        Some(Command::Probe {
+            admin,
+            probe_secret_file,
+        }) => match crate::probe::run(admin, &probe_secret_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tollgate probe: {error}");
+                ExitCode::FAILURE
+            }
+        },
         None => run(cli.run),
     }
 }
@@ -157,10 +210,62 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.certs_dir {
         policy.policy.gateway.tls.output_dir = dir.clone();
     }
-    let listeners = bind_all(&args.listen)?;
-    let capture = bind_all(&args.capture_listen)?;
-    let admin = bind(args.admin_listen)
-        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    let read_only = ReadOnlyLimits {
+        max_connections: args.read_only_max_connections as usize,
+        header_timeout: args.read_only_header_timeout,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let metrics = Metrics::new();
+    let ready = Arc::new(Readiness::default());
+    // A fresh key each start, before any port is bound: a squatter never sees one.
+    let probe = match ProbeKey::generate(&args.probe_secret_file) {
+        Ok(key) => Some(Arc::new(key)),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                path = %args.probe_secret_file.display(),
+                "cannot write the probe key; `tollgate probe` will report not ready"
+            );
+            None
+        }
+    };
+
+    // The admin port first, so that while any other port is still held by someone else,
+    // `/readyz` is answered by tollgate itself: "not ready".
+    let Some(admin) = bind_retrying(&[args.admin_listen], "admin", &metrics, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let admin_stop = CancellationToken::new();
+    let mut admin_ports = Vec::new();
+    for listener in admin {
+        admin_ports.extend(log_listening("admin", &listener));
+        tokio::spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            probe.clone(),
+            read_only,
+            admin_stop.clone(),
+        ));
+    }
+    let _stop_admin = admin_stop.drop_guard();
+
+    let gateway = !policy.policy.intercept.is_empty();
+    let usage_addrs = if gateway {
+        vec![args.usage_listen]
+    } else {
+        Vec::new()
+    };
+    let (listeners, capture, usage) = tokio::join!(
+        bind_retrying(&args.listen, "sni", &metrics, &shutdown),
+        bind_retrying(&args.capture_listen, "capture", &metrics, &shutdown),
+        bind_retrying(&usage_addrs, "usage", &metrics, &shutdown),
+    );
+    let (Some(listeners), Some(capture), Some(usage)) = (listeners?, capture?, usage?) else {
+        return Ok(());
+    };
     let settings = Settings {
         hello_timeout: args.hello_timeout,
         limits: Limits {
@@ -172,16 +277,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             label_key: args.phase_label,
             unlock_file: args.unlock_file,
         },
+        read_only,
+        gateway: Capacity {
+            body_budget: args.body_budget.0,
+            max_connections: args.max_intercepted_connections as usize,
+        },
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
-    let mut server = Server::new(listeners, capture, Some(admin), settings, policy);
-    if !server.policy.policy.intercept.is_empty() {
-        let usage = bind(args.usage_listen)
-            .with_context(|| format!("cannot listen on {} (usage)", args.usage_listen))?;
-        server.usage = Some(usage);
-        server.gateway = true;
-    }
+    let mut server = Server::new(listeners, capture, None, settings, policy);
+    server.metrics = metrics;
+    server.ready = ready;
+    server.other_own_ports = admin_ports;
+    server.usage = usage.into_iter().next();
+    server.gateway = gateway;
     server.run(shutdown).await?;
     Ok(())
 }
@@ -212,41 +319,31 @@ fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
     })
 }
 
-/// Binds every address; a v6 address on a kernel without IPv6 is skipped (there is no v6
-/// traffic to capture either), any other failure is fatal.
-fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+/// Binds every address of one listener, each retried while another socket holds it (see
+/// [`crate::bind`]); a v6 address on a kernel without IPv6 is skipped. `None` when shutdown came
+/// first; an error (exit 64) for any other bind failure, or when nothing at all could be bound.
+async fn bind_retrying(
+    addrs: &[SocketAddr],
+    listener: &'static str,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Vec<TcpListener>>> {
     let mut listeners = Vec::new();
     for addr in addrs {
-        match bind(*addr) {
-            Ok(listener) => listeners.push(listener),
-            Err(e)
-                if addr.is_ipv6()
-                    && e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) =>
-            {
-                tracing::warn!(%addr, "IPv6 is not available; not listening on it");
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+        let bound = bind::bind_retrying(*addr, listener, metrics, shutdown)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({listener})"))?;
+        match bound {
+            Bound::Listener(socket) => listeners.push(socket),
+            Bound::NoIpv6 => {}
+            Bound::Stopped => return Ok(None),
         }
     }
     anyhow::ensure!(
-        !listeners.is_empty(),
+        addrs.is_empty() || !listeners.is_empty(),
         "no listener could be bound for {addrs:?}"
     );
-    Ok(listeners)
-}
-
-/// Binds a listener; IPv6 sockets are v6-only so `0.0.0.0` and `[::]` can share a port.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(Some(listeners))
 }
 
 async fn signals(shutdown: CancellationToken) {
@@ -283,5 +380,52 @@ fn init_logging(format: LogFormat) {
             .with_current_span(false)
             .with_span_list(false)
             .init(),
+    }
+}
+
+/// A byte count on the command line: a number, optionally with `KiB`, `MiB` or `GiB`.
+#[derive(Clone, Copy, Debug)]
+struct ByteSize(usize);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => s.split_at(i),
+            None => (s, ""),
+        };
+        let scale: usize = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!("unknown unit {other:?} (use KiB, MiB or GiB)")),
+        };
+        let n: usize = digits
+            .parse()
+            .map_err(|_| format!("expected a number of bytes, got {s:?}"))?;
+        match n.checked_mul(scale) {
+            Some(bytes) if bytes > 0 => Ok(ByteSize(bytes)),
+            Some(_) => Err("must be more than 0 bytes".to_owned()),
+            None => Err(format!("{s} is too large")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteSize;
+
+    #[test]
+    fn byte_sizes_parse() {
+        let parse = |s: &str| s.parse::<ByteSize>().map(|b| b.0);
+        assert_eq!(parse("64MiB"), Ok(64 << 20));
+        assert_eq!(parse("1024"), Ok(1024));
+        assert_eq!(parse("8 KiB"), Ok(8 << 10));
+        assert!(parse("0").is_err());
+        assert!(parse("12MB").is_err());
+        assert!(parse("MiB").is_err());
     }
 }

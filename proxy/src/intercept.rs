@@ -4,6 +4,7 @@
 //! read (the gateway's TLS acceptor must see them first) and gets back how the connection ended,
 //! so the router still writes the connection's one log line.
 
+pub mod body_budget;
 pub mod ca;
 pub mod exchange;
 pub mod gateway;

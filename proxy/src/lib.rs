@@ -23,12 +23,15 @@
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
 //! - [`reload`]: watches the policy file and swaps in each good version.
 //! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals.
+//! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals;
+//!   [`bind`]: binds the listeners, waiting out a port another process holds; [`probe`]: a
+//!   readiness check (`tollgate probe`) that a squatter on the admin port cannot forge.
 
 #![forbid(unsafe_code)]
 
 pub mod accept;
 pub mod admin;
+pub mod bind;
 pub mod cli;
 pub mod client_hello;
 pub mod connection;
@@ -37,6 +40,7 @@ pub mod intercept;
 pub mod metrics;
 pub mod orig_dst;
 pub mod phase;
+pub mod probe;
 pub mod reload;
 pub mod route;
 pub mod server;

@@ -3,8 +3,10 @@
 //! Labels stay bounded: routes and reasons are static strings, and a host appears only as the
 //! policy pattern that matched it (never the raw SNI the agent sent).
 
+pub mod bounds;
 pub mod spend;
 
+pub use bounds::BoundsMetrics;
 pub use spend::SpendMetrics;
 
 use prometheus::{
@@ -71,6 +73,8 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     /// Upstream time from sending the request to the response headers.
     pub upstream_ttfb: Histogram,
+    /// Listener caps, bind retries and the gateway's body budget (`metrics::bounds`).
+    pub bounds: BoundsMetrics,
 }
 
 impl Metrics {
@@ -172,9 +176,13 @@ impl Metrics {
                 .buckets(LLM_BUCKETS.to_vec()),
             )
             .expect("static metric definition is valid"),
+            bounds: BoundsMetrics::new(),
             registry,
         };
         m.register_all();
+        m.bounds
+            .register(&m.registry)
+            .expect("each series is registered once, with a unique name");
         m.zero_known_series();
         m.build_info
             .with_label_values(&[crate::VERSION, crate::COMMIT])

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tollgate_policy::Policy;
 
 use crate::accept::{self, Limits};
-use crate::admin::{self, Readiness};
+use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
-use crate::intercept::gateway::{Gateway, StartError};
+use crate::intercept::gateway::{Capacity, Gateway, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Netfilter, OrigDst};
@@ -31,6 +31,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Where the phase comes from.
     pub phase_sources: phase::Sources,
+    /// Bounds on the read-only listeners (admin, usage), each.
+    pub read_only: ReadOnlyLimits,
+    /// What the LLM gateway may hold at once (body budget, intercepted connections).
+    pub gateway: Capacity,
 }
 
 /// The policy the proxy starts with, and where later versions come from.
@@ -68,6 +72,11 @@ pub struct Server {
     pub interceptor: Arc<dyn Interceptor>,
     /// The metrics catalog (shared with the interceptor).
     pub metrics: Metrics,
+    /// What `/readyz` reports; set here once every listener is served.
+    pub ready: Arc<Readiness>,
+    /// Ports tollgate serves outside this struct (an admin listener started by the caller),
+    /// refused as capture destinations like the others.
+    pub other_own_ports: Vec<u16>,
 }
 
 impl Server {
@@ -91,6 +100,8 @@ impl Server {
             orig_dst: Arc::new(Netfilter),
             interceptor: Arc::new(Unavailable),
             metrics: Metrics::new(),
+            ready: Arc::new(Readiness::default()),
+            other_own_ports: Vec::new(),
         }
     }
 
@@ -109,6 +120,8 @@ impl Server {
             orig_dst,
             mut interceptor,
             metrics,
+            ready,
+            other_own_ports,
         } = self;
         let sources = settings.phase_sources.clone();
         let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
@@ -137,15 +150,18 @@ impl Server {
 
         // Every port tollgate listens on is refused as a captured destination (the usage port
         // too, served or not): a redirect back into the proxy would loop or reach its internals.
-        let mut own_ports: Vec<u16> = usage
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .map(|a| a.port())
-            .collect();
+        let mut own_ports = other_own_ports;
+        own_ports.extend(
+            usage
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.port()),
+        );
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
-            let (built, state, bg) = Gateway::start(current.clone(), &metrics, &background)?;
+            let (built, state, bg) =
+                Gateway::start(current.clone(), &metrics, settings.gateway, &background)?;
             interceptor = Arc::new(built);
             running = Some(bg);
             if let Some(usage_listener) = usage {
@@ -153,17 +169,20 @@ impl Server {
                 tokio::spawn(usage_api::serve(
                     usage_listener,
                     state.ledger.clone(),
+                    settings.read_only,
+                    metrics.clone(),
                     background.clone(),
                 ));
             }
         }
-        let ready = Arc::new(Readiness::default());
         if let Some(admin_listener) = admin {
             own_ports.extend(log_listening("admin", &admin_listener));
             tokio::spawn(admin::serve(
                 admin_listener,
                 metrics.clone(),
                 ready.clone(),
+                None,
+                settings.read_only,
                 background.clone(),
             ));
         }
@@ -172,6 +191,9 @@ impl Server {
             .map(|l| (Listener::Sni, l))
             .chain(capture.into_iter().map(|l| (Listener::Capture, l)))
             .collect();
+        // Every socket is bound and listening (connections queue until the accept loops run),
+        // so ready now: before the `listening` lines, which callers take as "started".
+        ready.set(true);
         for (kind, listener) in &listeners {
             own_ports.extend(log_listening(kind.as_str(), listener));
         }
@@ -185,7 +207,6 @@ impl Server {
             settings.hello_timeout,
         );
         ctx.own_ports = own_ports;
-        ready.set(true);
         accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
         ready.set(false);
         background.cancel();
@@ -198,7 +219,7 @@ impl Server {
 }
 
 /// Logs a bound listener (tests read ephemeral ports from this line) and returns its port.
-fn log_listening(listener: &'static str, socket: &TcpListener) -> Option<u16> {
+pub fn log_listening(listener: &'static str, socket: &TcpListener) -> Option<u16> {
     match socket.local_addr() {
         Ok(addr) => {
             tracing::info!(listener, addr = %addr, "listening");

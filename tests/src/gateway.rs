@@ -310,6 +310,12 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
+    /// Starts the proxy from `builder` (see [`Gateway::builder`], for tests that add flags) and
+    /// waits for `/readyz` and the CA file.
+    pub async fn start_from(builder: ProxyBuilder, gw: &Gateway) -> Result<RunningGateway> {
+        RunningGateway::start(builder, gw).await
+    }
+
     async fn start(builder: ProxyBuilder, gw: &Gateway) -> Result<RunningGateway> {
         let ca_file = gw.certs_dir().join("ca.crt");
         // A restarted proxy writes a new CA: never pick up the previous one.

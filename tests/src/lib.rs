@@ -18,6 +18,7 @@
 //! - [`fixture`]: the usual loopback world: CA, upstream, client configs, the standard policy.
 //! - [`gateway`]: the LLM gateway's world: the fake OpenRouter, a policy aiming `openrouter.ai`
 //!   at it, the proxy's CA/spend directories, clients trusting the per-Pod CA, the usage files.
+//! - [`squat`]: another process (another UID) holding one of tollgate's ports.
 //! - [`netns`]: root-only network namespaces with TEST-NET addresses on a veth pair; removed on drop.
 //!
 //! Tests never use fixed ports on the host and never send traffic anywhere but loopback or
@@ -37,6 +38,7 @@ pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod scrape;
+pub mod squat;
 pub mod tls_server;
 
 use std::future::Future;

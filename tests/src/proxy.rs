@@ -190,6 +190,15 @@ impl ProxyBuilder {
 
     /// Starts the proxy and waits until every listener has logged `listening`.
     pub async fn start(self) -> Result<Proxy> {
+        let sni_count = self.listen.len().max(1);
+        let mut proxy = self.spawn().await?;
+        proxy.wait_listening(sni_count).await?;
+        Ok(proxy)
+    }
+
+    /// Starts the proxy without waiting for its listeners (a test that holds one of its ports
+    /// itself calls [`Proxy::wait_listening`] later).
+    pub async fn spawn(self) -> Result<Proxy> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-proxy-")
             .tempdir()?;
@@ -241,6 +250,10 @@ impl ProxyBuilder {
         if !chose("--certs-dir") && supports_flag("--certs-dir") {
             cmd.arg("--certs-dir").arg(dir.path().join("certs"));
         }
+        if !chose("--probe-secret-file") && supports_flag("--probe-secret-file") {
+            cmd.arg("--probe-secret-file")
+                .arg(dir.path().join("probe-key"));
+        }
         if !self
             .envs
             .iter()
@@ -271,7 +284,7 @@ impl ProxyBuilder {
         spawn_reader(child.stderr.take().context("stderr piped")?, stderr.clone());
         spawn_reader(child.stdout.take().context("stdout piped")?, stdout.clone());
 
-        let mut proxy = Proxy {
+        let proxy = Proxy {
             child,
             exit: None,
             stderr,
@@ -285,7 +298,6 @@ impl ProxyBuilder {
             command_line,
             _dir: dir,
         };
-        proxy.wait_listening(listen.len()).await?;
         Ok(proxy)
     }
 }
@@ -343,7 +355,9 @@ impl Proxy {
         Proxy::builder().policy(policy).start().await
     }
 
-    async fn wait_listening(&mut self, sni_count: usize) -> Result<()> {
+    /// Waits until `sni_count` SNI listeners and the admin listener have logged `listening`
+    /// (within [`START_TIMEOUT`]), and learns their addresses.
+    pub async fn wait_listening(&mut self, sni_count: usize) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let mut sni = Vec::new();
@@ -417,6 +431,27 @@ impl Proxy {
     /// The unlock sentinel the proxy watches (absent unless the test created it).
     pub fn unlock_file(&self) -> &Path {
         &self.unlock_file
+    }
+
+    /// The key file `tollgate probe` checks this proxy's `/readyz` answers with.
+    pub fn probe_key_file(&self) -> PathBuf {
+        self._dir.path().join("probe-key")
+    }
+
+    /// Runs `tollgate probe` against `admin` with this proxy's key: (exit code, stderr).
+    pub fn probe(&self, admin: SocketAddr) -> Result<(i32, String)> {
+        let out = Command::new(tollgate_bin())
+            .arg("probe")
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--probe-secret-file")
+            .arg(self.probe_key_file())
+            .env_remove("TOLLGATE_PROBE_SECRET_FILE")
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// The child's pid.

@@ -7,11 +7,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
 use tollgate_policy::{Endpoint, GatewaySettings};
 
+use super::body_budget::{BudgetError, Held, ReadError};
 use super::gateway::State;
 use super::settle::{self, Body, Metered};
 use crate::enforce::{self, FORWARDED_HEADERS, Refusal};
@@ -107,7 +108,8 @@ async fn admit(
         return Ok(settle::forward_free(state.clone(), request, metered).await);
     }
 
-    let bytes = read_body(&parts.headers, body, g).await?;
+    // Holds its share of the body budget until this request is forwarded (end of scope).
+    let bytes = read_body(state, &parts.headers, body, g).await?;
     let admitted = enforce::admit_body(endpoint, &bytes, g)?;
     let output = OutputField::for_path(parts.uri.path());
     let mut value = Value::Object(admitted.body);
@@ -153,12 +155,13 @@ fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {
 }
 
 /// Reads a JSON body of at most `max_body` bytes, within the read timeout (a slow client
-/// cannot hold a concurrency slot forever).
+/// cannot hold a concurrency slot forever), under the in-flight body budget.
 async fn read_body(
+    state: &State,
     headers: &http::HeaderMap,
     body: Incoming,
     g: &GatewaySettings,
-) -> Result<Bytes, Refusal> {
+) -> Result<Held, Refusal> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -183,12 +186,29 @@ async fn read_body(
     if declared.is_some_and(|n| n > g.max_body as u64) {
         return Err(too_large());
     }
-    let collected =
-        tokio::time::timeout(g.read_timeout, Limited::new(body, g.max_body).collect()).await;
-    match collected {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(error)) => Err(Refusal::new(
+    let declared = declared.and_then(|n| usize::try_from(n).ok());
+    let read = state.body_budget.read(body, g.max_body, declared);
+    match tokio::time::timeout(g.read_timeout, read).await {
+        Ok(Ok(held)) => Ok(held),
+        Ok(Err(ReadError::TooLarge)) => Err(too_large()),
+        Ok(Err(ReadError::Budget(BudgetError::Busy))) => {
+            let mut r = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "body-budget",
+                "too many request bodies in flight; retry shortly",
+            );
+            r.retry_after = Some(1);
+            Err(r)
+        }
+        Ok(Err(ReadError::Budget(BudgetError::TooCostly { needed, total }))) => Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!(
+                "checking this request body would take ~{needed} bytes of memory, \
+                     more than the gateway's body budget of {total} bytes"
+            ),
+        )),
+        Ok(Err(ReadError::Body(error))) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad-request",
             format!("reading the body failed: {error}"),

@@ -10,13 +10,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::{KeySource, Policy, Price};
 
+use super::body_budget::BodyBudget;
 use super::ca::{Authority, CaError, LeafResolver};
 use super::replay::Replay;
 use super::{Intercepted, Interceptor, Outcome, exchange, pricing, workspace};
@@ -31,6 +32,18 @@ use crate::upstream::{self, HttpsClient};
 
 /// A TLS handshake that takes longer than this is cut (the hello already arrived).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head (h1; hyper's default once a timer is set).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// h1 read buffer: the largest request head (hyper's default is ~400 KB per connection).
+const MAX_H1_BUFFER: usize = 64 * 1024;
+/// h2 header list size (hyper's default; kept explicit beside the others).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Unread request DATA one h2 connection may have in flight (hyper's default is 1 MiB).
+const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Unread request DATA one h2 stream may have in flight.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Concurrent h2 streams per connection (each may hold a request head while it waits).
+const H2_MAX_STREAMS: u32 = 16;
 /// How often the ledger's files are synced and the usage file rewritten.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -88,6 +101,8 @@ pub struct State {
     pub limiter: DefaultKeyedRateLimiter<String>,
     /// Concurrent upstream requests.
     pub concurrency: Arc<Semaphore>,
+    /// Bytes of request bodies held across all requests.
+    pub body_budget: BodyBudget,
     /// The key injected in place of the agent's, when the policy says so.
     pub injected_key: Option<String>,
     /// Bounds for the worst-case estimate.
@@ -102,6 +117,18 @@ pub struct State {
 pub struct Gateway {
     tls: TlsAcceptor,
     state: Arc<State>,
+    /// Intercepted connections open at once (each may buffer a TLS session, request heads and
+    /// h2 windows: see `bounded_http_server`).
+    connections: Arc<Semaphore>,
+}
+
+/// What the gateway may hold at once, fixed for the process (flags, not policy).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Bytes of request bodies (and their estimated parse) across all requests.
+    pub body_budget: usize,
+    /// Intercepted connections open at once; more are closed after the ClientHello.
+    pub max_connections: usize,
 }
 
 /// Background work the gateway started; stop it at shutdown.
@@ -125,6 +152,7 @@ impl Gateway {
     pub fn start(
         policy: Arc<ArcSwap<Policy>>,
         metrics: &Metrics,
+        capacity: Capacity,
         shutdown: &CancellationToken,
     ) -> Result<(Gateway, Arc<State>, Running), StartError> {
         let snapshot = policy.load_full();
@@ -190,6 +218,11 @@ impl Gateway {
                 Quota::per_second(g.limits.requests_per_second).allow_burst(g.limits.burst),
             ),
             concurrency: Arc::new(Semaphore::new(nonzero(g.limits.max_concurrent))),
+            body_budget: BodyBudget::new(
+                capacity.body_budget,
+                &metrics.bounds.body_budget_bytes,
+                metrics.bounds.body_budget_in_use_bytes.clone(),
+            ),
             injected_key,
             estimate: EstimateConfig {
                 min_completion_tokens: u64::from(g.budget.min_completion_tokens),
@@ -203,9 +236,30 @@ impl Gateway {
         let gateway = Gateway {
             tls: TlsAcceptor::from(tls),
             state: state.clone(),
+            connections: Arc::new(Semaphore::new(capacity.max_connections.max(1))),
         };
         Ok((gateway, state, Running { flusher }))
     }
+}
+
+/// The gateway's HTTP server, with what one connection may buffer before the exchange reads it
+/// bounded: the request head (h1 buffer, h2 header list, head deadline) and unread h2 DATA
+/// (flow-control windows, streams per connection). The body itself is read under the body budget.
+fn bounded_http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_H1_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_LIST)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS);
+    builder
 }
 
 fn server_config(
@@ -292,7 +346,19 @@ impl Interceptor for Gateway {
     fn handle(&self, conn: Intercepted, stop: CancellationToken) -> BoxFuture<'static, Outcome> {
         let acceptor = self.tls.clone();
         let state = self.state.clone();
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let bytes_up = conn.replay.len() as u64;
+            drop(conn);
+            return Box::pin(async move {
+                Outcome {
+                    reason: "intercept-limit",
+                    bytes_up,
+                    bytes_down: 0,
+                }
+            });
+        };
         Box::pin(async move {
+            let _permit = permit;
             let io = Replay::new(conn.replay, conn.stream);
             let counts = io.counts();
             let outcome = |reason| {
@@ -316,7 +382,7 @@ impl Interceptor for Gateway {
                 let (state, sni) = (state.clone(), sni.clone());
                 async move { Ok::<_, std::convert::Infallible>(exchange::serve(state, sni, req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = bounded_http_server();
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             tokio::pin!(connection);
             let served = tokio::select! {

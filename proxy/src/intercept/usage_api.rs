@@ -9,11 +9,18 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, text};
+use crate::admin::{self, ReadOnlyLimits, text};
+use crate::metrics::Metrics;
 use crate::spend::Ledger;
 
 /// Serves the usage port until `shutdown`.
-pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    ledger: Arc<Ledger>,
+    limits: ReadOnlyLimits,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     let responder = move |req: &http::Request<hyper::body::Incoming>| match req.uri().path() {
         "/api/v1/usage" => {
             let body = serde_json::to_vec(&ledger.usage()).unwrap_or_default();
@@ -27,5 +34,13 @@ pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, shutdown: Cancell
         "/healthz" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
-    admin::serve_read_only(listener, Arc::new(responder), shutdown).await;
+    admin::serve_read_only(
+        "usage",
+        listener,
+        Arc::new(responder),
+        limits,
+        &metrics,
+        shutdown,
+    )
+    .await;
 }
