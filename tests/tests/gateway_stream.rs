@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript, GENERATION, Gate, GenerationScript};
 use tollgate_tests::gateway::{Gateway, MODEL, SETTLE, chat, chat_stream};
-use tollgate_tests::llm_client::AGENT_KEY;
+use tollgate_tests::llm_client::{AGENT_KEY, TIMED_OUT};
 
 /// `data:` payloads of an SSE text, in order.
 fn sse_data(text: &str) -> Vec<String> {
@@ -247,7 +247,12 @@ async fn cut_upstream_stream_is_cut_for_the_client_too() {
             .await
             .unwrap();
         match ex.read_to_end().await {
-            Err((seen, _)) => assert!(seen.contains("\"content\":\"!\""), "{seen}"),
+            // A stall until the client's own timeout is not a cut: the gateway must break the
+            // client's stream when the upstream's breaks.
+            Err((seen, error)) => {
+                assert_ne!(error, TIMED_OUT, "the client's stream hung: {seen:?}");
+                assert!(seen.contains("\"content\":\"!\""), "{seen}");
+            }
             Ok(seen) => {
                 panic!("the upstream cut its stream but the client saw a clean end: {seen:?}")
             }
