@@ -336,12 +336,15 @@ async fn missing_usage_is_looked_up_404_then_200() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_cost_is_settled_at_the_worst_case() {
-    // Slow by design: the gateway retries the lookup with backoff (about 30 s in all) before it
-    // gives up and charges the reservation.
+    // The gateway retries the lookup with backoff before it gives up and charges the
+    // reservation: 250 ms doubled six times, ~32 s in all; this test starts at 10 ms (~1.3 s).
     let gw = Gateway::new().await.unwrap();
     // Prompt price 0: the worst case is exactly max_tokens × completion = 100 × $0.00001.
     let spec = gw.spec().price("test/exact", "0", "0.00001");
-    let run = gw.start(&spec).await.unwrap();
+    let run = gw
+        .start_with(&spec, &[("TOLLGATE_TEST_LOOKUP_FIRST_WAIT_MS", "10")])
+        .await
+        .unwrap();
     gw.fake.set_generation(GenerationScript {
         misses: u32::MAX,
         cost: None,
@@ -354,15 +357,11 @@ async fn unknown_cost_is_settled_at_the_worst_case() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
-    let line = tollgate_tests::eventually(
-        Duration::from_secs(60),
-        "a worst-case settlement",
-        || async {
-            gw.inferences()
-                .into_iter()
-                .find(|l| l["generation_id"] == id.as_str())
-        },
-    )
+    let line = tollgate_tests::eventually(SETTLE, "a worst-case settlement", || async {
+        gw.inferences()
+            .into_iter()
+            .find(|l| l["generation_id"] == id.as_str())
+    })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", run.proxy.describe()));
     assert_eq!(line["settlement_source"], "worst-case", "{line}");
