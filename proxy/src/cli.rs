@@ -151,7 +151,19 @@ enum LogFormat {
 
 /// Parses the command line and runs the chosen command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // clap would exit 2; a bad flag is a bad configuration like any other (64).
+            // `--help` and `--version` also arrive here, on stdout, and succeed.
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Some(Command::Check { file }) => check(&file),
         Some(Command::Probe {

@@ -298,6 +298,9 @@ fn jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The files the gateway writes into its certs directory before it is ready.
+pub const CA_FILES: [&str; 3] = ["ca.crt", "ridges-ca.crt", "ca-bundle.crt"];
+
 /// A running gateway proxy: the process, its usage port, and clients trusting its CA.
 pub struct RunningGateway {
     /// The proxy process (log, metrics, signals).
@@ -306,6 +309,8 @@ pub struct RunningGateway {
     pub usage_addr: Option<SocketAddr>,
     /// The per-Pod CA certificate the proxy wrote (`ca.crt`).
     pub ca_pem: Vec<u8>,
+    /// The [`CA_FILES`] that did not exist yet when `/readyz` first answered 200.
+    pub missing_at_ready: Vec<&'static str>,
     ca_file: PathBuf,
 }
 
@@ -320,13 +325,30 @@ impl RunningGateway {
         let ca_file = gw.certs_dir().join("ca.crt");
         // A restarted proxy writes a new CA: never pick up the previous one.
         let _ = std::fs::remove_file(&ca_file);
+        for name in CA_FILES {
+            let _ = std::fs::remove_file(gw.certs_dir().join(name));
+        }
         let proxy = builder.start().await?;
-        let ready = crate::eventually(SETTLE, "/readyz 200 and ca.crt written", || async {
-            let ok = matches!(proxy.admin_get("/readyz").await, Ok((200, _)));
-            (ok && ca_file.is_file()).then_some(())
+        // Which CA files were absent the moment `/readyz` first answered 200: a client started
+        // on readiness must find them.
+        let ready = crate::eventually(SETTLE, "/readyz 200", || async {
+            matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then(|| {
+                CA_FILES
+                    .into_iter()
+                    .filter(|name| !gw.certs_dir().join(name).is_file())
+                    .collect::<Vec<_>>()
+            })
         })
         .await;
-        if let Err(e) = ready {
+        let missing_at_ready = match ready {
+            Ok(missing) => missing,
+            Err(e) => bail!("{e:#}\n{}", proxy.describe()),
+        };
+        let written = crate::eventually(SETTLE, "ca.crt written", || async {
+            ca_file.is_file().then_some(())
+        })
+        .await;
+        if let Err(e) = written {
             bail!("{e:#}\n{}", proxy.describe());
         }
         let ca_pem = std::fs::read(&ca_file)?;
@@ -340,6 +362,7 @@ impl RunningGateway {
             usage_addr,
             ca_pem,
             ca_file,
+            missing_at_ready,
         })
     }
 
@@ -356,11 +379,18 @@ impl RunningGateway {
 
     /// `GET path` on the usage port: (status, body).
     pub async fn usage_get(&self, path: &str) -> Result<(u16, String)> {
+        self.usage_request("GET", path).await
+    }
+
+    /// `method path` (no body) on the usage port: (status, body).
+    pub async fn usage_request(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let addr = self
             .usage_addr
             .context("the proxy logged no `listening` line for listener=usage")?;
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         let mut raw = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), async {
             stream.write_all(req.as_bytes()).await?;
@@ -371,7 +401,7 @@ impl RunningGateway {
         parse_http_response(&raw)
     }
 
-    /// The sum of metric `name` over series matching `labels` (absent = 0).
+    /// The sum of metric `name` over series matching `labels` (an error when none matches).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         self.proxy.metric(name, labels).await
     }

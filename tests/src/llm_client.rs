@@ -109,12 +109,13 @@ impl Exchange {
         Ok(seen)
     }
 
-    /// Reads the rest of the body: Ok(text) at a clean end, Err(text so far, error) otherwise.
+    /// Reads the rest of the body: Ok(text) at a clean end, Err(text so far, error) otherwise
+    /// ([`TIMED_OUT`] when nothing came for `IO_TIMEOUT`: a hang, not a cut).
     pub async fn read_to_end(&mut self) -> std::result::Result<String, (String, String)> {
         let mut seen = String::new();
         loop {
             match tokio::time::timeout(IO_TIMEOUT, self.response.body_mut().frame()).await {
-                Err(_) => return Err((seen, "timed out".into())),
+                Err(_) => return Err((seen, TIMED_OUT.into())),
                 Ok(None) => return Ok(seen),
                 Ok(Some(Err(e))) => return Err((seen, e.to_string())),
                 Ok(Some(Ok(frame))) => {
@@ -137,6 +138,9 @@ impl Drop for Exchange {
         self.conn.abort();
     }
 }
+
+/// The error [`Exchange::read_to_end`] reports when the body stalled rather than broke.
+pub const TIMED_OUT: &str = "timed out";
 
 /// An HTTPS client for one host reached at a given address (the gateway's listener, or the fake
 /// directly), one TLS connection per request.

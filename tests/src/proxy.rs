@@ -547,6 +547,11 @@ impl Proxy {
 
     /// `GET path` on the admin listener: (status, body).
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        self.admin_request("GET", path).await
+    }
+
+    /// `method path` (no body) on the admin listener: (status, body).
+    pub async fn admin_request(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let addr = self.admin_addr();
         let mut stream = match &self.netns {
             Some(ns) => {
@@ -556,15 +561,17 @@ impl Proxy {
             }
             None => tokio::net::TcpStream::connect(addr).await?,
         };
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         let mut raw = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), async {
             stream.write_all(req.as_bytes()).await?;
             stream.read_to_end(&mut raw).await
         })
         .await
-        .map_err(|_| anyhow!("admin GET {path} timed out"))??;
-        parse_http_response(&raw).with_context(|| format!("admin GET {path}"))
+        .map_err(|_| anyhow!("admin {method} {path} timed out"))??;
+        parse_http_response(&raw).with_context(|| format!("admin {method} {path}"))
     }
 
     /// The `/metrics` text.
@@ -581,12 +588,29 @@ impl Proxy {
         Ok(metric_value(&self.metrics().await?, name, labels))
     }
 
-    /// Like [`Proxy::metric_value`] with an absent series read as 0.
+    /// The value of `name{labels}`; an error when no series matches, so that a check for 0
+    /// cannot pass on a series that was renamed or never exported.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-        Ok(self.metric_value(name, labels).await?.unwrap_or(0.0))
+        let text = self.metrics().await?;
+        metric_value(&text, name, labels).with_context(|| {
+            format!(
+                "no series {name}{labels:?} in /metrics:\n{}",
+                related_series(&text, name)
+            )
+        })
     }
 
-    /// Waits until `name{labels}` (absent = 0) satisfies `pred`; returns the value.
+    /// Like [`Proxy::metric`], with no matching series read as 0: for labelled counters, whose
+    /// series appear only once counted. The family itself must be declared (`# TYPE`).
+    pub async fn metric_or_zero(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let text = self.metrics().await?;
+        if !crate::scrape::family_declared(&text, name) {
+            bail!("/metrics declares no family {name}");
+        }
+        Ok(metric_value(&text, name, labels).unwrap_or(0.0))
+    }
+
+    /// Waits until `name{labels}` exists and satisfies `pred`; returns the value.
     pub async fn wait_for_metric(
         &self,
         name: &str,
@@ -596,16 +620,15 @@ impl Proxy {
     ) -> Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            let v = self.metric(name, labels).await?;
-            if pred(v) {
+            let v = self.metric_value(name, labels).await?;
+            if let Some(v) = v.filter(|v| pred(*v)) {
                 return Ok(v);
             }
             if Instant::now() >= deadline {
                 let text = self.metrics().await.unwrap_or_default();
-                let related: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
                 bail!(
-                    "metric {name}{labels:?} = {v} never satisfied the condition within {timeout:?}; series:\n{}\n{}",
-                    related.join("\n"),
+                    "metric {name}{labels:?} = {v:?} never satisfied the condition within {timeout:?}; series:\n{}\n{}",
+                    related_series(&text, name),
                     self.describe()
                 );
             }
@@ -692,6 +715,12 @@ impl Drop for Proxy {
             eprintln!("{}", self.describe());
         }
     }
+}
+
+/// The lines of `text` about metric `name`, for error messages.
+fn related_series(text: &str, name: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains(name)).collect();
+    lines.join("\n")
 }
 
 #[cfg(test)]

@@ -61,6 +61,21 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     total
 }
 
+/// Whether the exposition declares metric family `name` (`# TYPE name ...`); a histogram's
+/// `_bucket`, `_sum` and `_count` series belong to their base family.
+pub fn family_declared(text: &str, name: &str) -> bool {
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    text.lines().any(|l| {
+        let mut words = l.split_whitespace();
+        words.next() == Some("#")
+            && words.next() == Some("TYPE")
+            && words.next().is_some_and(|n| n == name || n == base)
+    })
+}
+
 fn split_sample(line: &str) -> Option<(&str, f64)> {
     // `name{a="b c"} 1.5 [timestamp]`: the value follows the closing brace or the name.
     let end = match line.find('{') {
@@ -119,6 +134,7 @@ tollgate_connections_total{route="reject",reason="not-allow-listed"} 2
 tollgate_connections_total{reason="denied",route="reject"} 1
 tollgate_open_connections 0
 tollgate_build_info{version="0.1.0",commit="a\"b"} 1
+# TYPE tollgate_connection_duration_seconds histogram
 tollgate_connection_duration_seconds_bucket{le="+Inf"} 6
 "#;
 
@@ -152,6 +168,9 @@ tollgate_connection_duration_seconds_bucket{le="+Inf"} 6
             Some(6.0)
         );
         assert_eq!(v("tollgate_connections", &[]), None);
+        assert!(family_declared(SAMPLE, "tollgate_connections_total"));
+        assert!(!family_declared(SAMPLE, "tollgate_connections"));
+        assert!(!family_declared(SAMPLE, "tollgate_open_connections"));
     }
 
     #[test]

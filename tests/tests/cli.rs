@@ -69,7 +69,11 @@ async fn check_rejects_bad_policies_naming_file_and_line() {
         std::fs::write(&path, &text).unwrap();
         let out = check(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: check must fail\n{text}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: check exits 1 on an invalid policy\n{text}"
+        );
         assert!(
             stderr.contains(&*path.to_string_lossy()),
             "{what}: the error names the file: {stderr}"
@@ -82,7 +86,54 @@ async fn check_rejects_bad_policies_naming_file_and_line() {
         );
     }
     let missing = lb.dir.path().join("missing.toml");
-    assert!(!check(&missing).status.success());
+    assert_eq!(check(&missing).status.code(), Some(1));
+}
+
+/// Runs `tollgate args`, which must exit by itself within [`SETTLE`]; returns its exit code.
+async fn exit_code(args: &[&str]) -> Option<i32> {
+    let mut child = Command::new(tollgate_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tollgate {args:?} kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_flags_exit_64() {
+    let lb = Loopback::new().await.unwrap();
+    let policy = lb.write_policy(&lb.policy()).unwrap();
+    let policy = policy.to_str().unwrap();
+    let base = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--policy",
+        policy,
+    ];
+    for bad in [
+        &["--no-such-flag"][..],
+        &["--hello-timeout", "soon"],
+        &["--max-connections", "many"],
+        &["--log-format", "xml"],
+        &["--listen", "not-an-address"],
+    ] {
+        let args: Vec<&str> = base.iter().chain(bad).copied().collect();
+        assert_eq!(exit_code(&args).await, Some(64), "tollgate {bad:?}");
+    }
 }
 
 #[tokio::test]
@@ -132,6 +183,13 @@ async fn admin_endpoints_answer() {
     assert_eq!(proxy.admin_get("/healthz").await.unwrap().0, 200);
     assert_eq!(proxy.admin_get("/readyz").await.unwrap().0, 200);
     assert_eq!(proxy.admin_get("/no-such-page").await.unwrap().0, 404);
+    // Read-only: anything but GET (and HEAD) is 405, whatever the path.
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let (status, body) = proxy.admin_request(method, path).await.unwrap();
+            assert_eq!(status, 405, "{method} {path}: {body}");
+        }
+    }
     let version = env!("CARGO_PKG_VERSION"); // the workspace shares one version
     assert_eq!(
         proxy

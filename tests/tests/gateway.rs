@@ -160,6 +160,13 @@ async fn chat_is_settled_from_usage_in_files_metrics_and_usage_api() {
     assert_eq!(sorted_keys(&api), USAGE_KEYS);
     assert!(close(api["total_cost_usd"].as_f64().unwrap(), 0.00123));
     assert_eq!(run.usage_get("/healthz").await.unwrap().0, 200);
+    // The usage port is read-only: anything but GET is 405 (and changes nothing).
+    for method in ["POST", "PUT", "DELETE"] {
+        for path in ["/api/v1/usage", "/healthz"] {
+            let (status, body) = run.usage_request(method, path).await.unwrap();
+            assert_eq!(status, 405, "{method} {path}: {body}");
+        }
+    }
     for client in [run.client(), run.client().h2()] {
         let r = client.get("/api/v1/usage").await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
@@ -317,6 +324,12 @@ async fn embeddings_are_forwarded_and_settled() {
 async fn ca_files_are_written_before_ready() {
     let gw = Gateway::new().await.unwrap();
     let run = gw.start(&gw.spec()).await.unwrap();
+    // The harness removed them before the start and looked the moment /readyz first said 200.
+    assert_eq!(
+        run.missing_at_ready,
+        Vec::<&str>::new(),
+        "CA files absent when /readyz first answered 200"
+    );
     let dir = gw.certs_dir();
     let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");

@@ -343,6 +343,9 @@ async fn wait_status(
     .await
 }
 
+/// The workspace the gateway reads (`intercept.workspace.id` in [`workspace_spec`]).
+const WORKSPACE: &str = "/api/v1/workspaces/ws_test-1";
+
 fn workspace_spec(gw: &Gateway) -> tollgate_tests::gateway::GatewaySpec {
     gw.spec()
         .set("intercept.workspace", "id", "ws_test-1")
@@ -364,36 +367,41 @@ async fn unsafe_workspace_is_403_until_it_is_made_safe() {
         )
         .await
         .unwrap();
-    let body = wait_status(&run, 403).await.unwrap();
-    error_message(403, &body).unwrap();
+    wait_unsafe_naming(&run, "is_observability_io_logging_enabled").await;
     assert!(gw.fake.requests_to(CHAT).is_empty());
     let reads = gw
         .fake
-        .wait_for_requests("/api/v1/workspaces/ws_test-1", 1, SETTLE)
+        .wait_for_requests(WORKSPACE, 1, SETTLE)
         .await
         .unwrap();
     assert_eq!(
         reads[0].header("authorization"),
         Some(format!("Bearer {MANAGEMENT_KEY}").as_str())
     );
-    for flags in [
-        WorkspaceScript {
-            broadcast: true,
-            ..WorkspaceScript::default()
-        },
-        WorkspaceScript {
-            data_discount: true,
-            ..WorkspaceScript::default()
-        },
+    // Each change shows once the gateway has read the workspace again: the 403 names the flag
+    // that is on now, not the one before.
+    for (flags, named) in [
+        (
+            WorkspaceScript {
+                broadcast: true,
+                ..WorkspaceScript::default()
+            },
+            "is_observability_broadcast_enabled",
+        ),
+        (
+            WorkspaceScript {
+                data_discount: true,
+                ..WorkspaceScript::default()
+            },
+            "is_data_discount_logging_enabled",
+        ),
     ] {
         gw.fake.set_workspace(flags);
-        wait_status(&run, 403).await.unwrap();
+        wait_unsafe_naming(&run, named).await;
     }
     gw.fake.set_workspace(WorkspaceScript::default());
     wait_status(&run, 200).await.unwrap();
-    // Requests never wait on a workspace read: the check happens in the background.
-    let reads_before = gw.fake.requests().len();
-    assert!(reads_before > 0);
+    assert!(!gw.fake.requests_to(CHAT).is_empty());
     for text in [
         run.proxy.stderr_lines().join("\n"),
         run.proxy.metrics().await.unwrap(),
@@ -401,6 +409,57 @@ async fn unsafe_workspace_is_403_until_it_is_made_safe() {
     ] {
         assert!(!text.contains(MANAGEMENT_KEY), "management key leaked");
     }
+}
+
+/// Waits until a chat is refused 403 naming `flag` and no other privacy flag.
+async fn wait_unsafe_naming(run: &tollgate_tests::gateway::RunningGateway, flag: &str) {
+    const FLAGS: [&str; 3] = [
+        "is_observability_io_logging_enabled",
+        "is_observability_broadcast_enabled",
+        "is_data_discount_logging_enabled",
+    ];
+    let found = tollgate_tests::eventually(SETTLE, &format!("a 403 naming {flag}"), || async {
+        let r = run.client().post_json(CHAT, &chat(MODEL)).await.ok()?;
+        let message = error_message(403, &r.json()).ok()?;
+        let named: Vec<&str> = FLAGS.into_iter().filter(|f| message.contains(f)).collect();
+        (named == [flag]).then_some(message)
+    })
+    .await;
+    if let Err(e) = found {
+        panic!("{e:#}\n{}", run.proxy.describe());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_reads_are_never_on_the_request_path() {
+    let gw = Gateway::new().await.unwrap();
+    // Fresh for a minute: the held reads below must not make the gateway's view stale.
+    let spec = workspace_spec(&gw).set("intercept.workspace", "stale_after", "60s");
+    let run = gw
+        .start_with(&spec, &[("OPENROUTER_MANAGEMENT_KEY", MANAGEMENT_KEY)])
+        .await
+        .unwrap();
+    wait_status(&run, 200).await.unwrap();
+    gw.fake.set_workspace(WorkspaceScript {
+        hold: true,
+        ..WorkspaceScript::default()
+    });
+    // A read that arrives after the hold is set stays unanswered until it is released.
+    let seen = gw.fake.requests_to(WORKSPACE).len();
+    gw.fake
+        .wait_for_requests(WORKSPACE, seen + 1, SETTLE)
+        .await
+        .unwrap();
+    for client in [run.client(), run.client().h2()] {
+        let r = client.post_json(CHAT, &chat(MODEL)).await.unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "a chat must not wait on a workspace read: {}",
+            r.text()
+        );
+    }
+    gw.fake.set_workspace(WorkspaceScript::default());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,10 +41,55 @@ const NON_PUBLIC: [(&str, &str); 11] = [
 /// Pinned to the metadata service with an `allow_ranges` that covers it: still never dialled.
 const METADATA_ALLOWED: &str = "imds.test";
 
+/// Unpinned hosts and what the namespace's hosts file says they are (names under `*.wild.test`,
+/// which the upstream's certificate covers).
+const RESOLVED: [(&str, &str); 4] = [
+    ("dns4.wild.test", "192.0.2.2"),
+    ("dns6.wild.test", "2001:db8::2"),
+    ("dnslo.wild.test", "127.0.0.1"),
+    ("dnsprivate.wild.test", "10.0.0.1"),
+];
+/// Allowed and unpinned, but in no hosts file, and no DNS server answers in the namespace.
+const UNRESOLVABLE: &str = "nxdomain.wild.test";
+
+fn resolved_hosts() -> String {
+    let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for (host, ip) in RESOLVED {
+        hosts.push_str(&format!("{ip} {host}\n"));
+    }
+    hosts
+}
+
+/// `/etc/netns/<ns>/{hosts,resolv.conf}`, which `ip netns exec` bind-mounts over `/etc` for the
+/// processes it starts: the proxy in the namespace resolves from these. The resolver points at
+/// the namespace's own loopback, where nothing listens, so no query leaves the namespace.
+struct EtcNetns(PathBuf);
+
+impl EtcNetns {
+    fn new(ns: &Netns, hosts: &str) -> EtcNetns {
+        let dir = PathBuf::from("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .unwrap();
+        EtcNetns(dir)
+    }
+}
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One namespace with the proxy on the `.1` addresses and three upstreams inside it.
 struct World {
     // Field order is drop order: the proxy dies before the namespace is deleted.
     proxy: Proxy,
+    _etc: EtcNetns,
     v4: TlsServer,
     v6: TlsServer,
     lo: TlsServer,
@@ -62,6 +107,8 @@ impl World {
     async fn with_listeners(extra_args: &[&str], extra_listen: &[&str]) -> World {
         let ns = Netns::new().unwrap();
         ns.veth().unwrap();
+        // The proxy's own name resolution (`ip netns exec` mounts these over /etc).
+        let etc = EtcNetns::new(&ns, &resolved_hosts());
         let ca = Ca::new().unwrap();
         let config = ca.server_config(TEST_NAMES).unwrap();
         let v4 = TlsServer::start_std(
@@ -102,6 +149,12 @@ impl World {
                 .pin(host, &[ip.parse().unwrap()], UPSTREAM_PORT);
         }
         spec = spec.allow(&[METADATA_ALLOWED]);
+        // Unpinned hosts: resolved through the namespace's hosts file, on the upstream port.
+        for (host, _) in RESOLVED.iter().chain([&(UNRESOLVABLE, "")]) {
+            spec = spec
+                .allow(&[host])
+                .raw(&format!("[hosts.\"{host}\"]\nport = {UPSTREAM_PORT}"));
+        }
         spec.hosts.push(HostPin {
             name: METADATA_ALLOWED.into(),
             pin: vec!["169.254.169.254".parse().unwrap()],
@@ -130,6 +183,7 @@ impl World {
         let proxy = builder.start().await.unwrap();
         World {
             proxy,
+            _etc: etc,
             v4,
             v6,
             lo,
@@ -298,6 +352,56 @@ async fn non_public_and_cloud_agent_pins_are_never_dialled() {
     assert!(
         log["error"].as_str().unwrap().contains("cloud-metadata"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpinned_hosts_are_resolved_by_the_proxy_and_filtered_like_pins() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new(&[]).await;
+    // Resolved to the TEST-NET upstreams: tunnelled to the address the hosts file gives.
+    for (host, body) in [
+        ("dns4.wild.test", "hello from upstream-v4"),
+        ("dns6.wild.test", "hello from upstream-v6"),
+    ] {
+        let out = w.curl().get(host, w.v4_addr(), "/").await.unwrap();
+        assert_eq!(
+            (out.code, out.body.as_str()),
+            (0, body),
+            "{host}: {out:?}\n{}",
+            w.proxy.describe()
+        );
+    }
+    assert_eq!(w.v4.stats().connections(), 1);
+    assert_eq!(w.v6.stats().connections(), 1);
+    // Non-public addresses from DNS are refused as pins are (no `allow_ranges` for them); the
+    // loopback upstream listens on the port, so a dial would have reached it.
+    for (host, kind) in [
+        ("dnslo.wild.test", "loopback"),
+        ("dnsprivate.wild.test", "private"),
+    ] {
+        let log = w.assert_rejected(w.v4_addr(), host).await;
+        assert_eq!(log["reason"], "non-public-address", "{host}: {log}");
+        assert!(log["error"].as_str().unwrap().contains(kind), "{log}");
+    }
+    assert_eq!(
+        w.lo.stats().connections(),
+        0,
+        "the loopback answer was dialled"
+    );
+    let log = w.assert_rejected(w.v4_addr(), UNRESOLVABLE).await;
+    assert_eq!(log["reason"], "resolve-failed", "{log}");
+    assert_eq!(
+        w.proxy
+            .metric(
+                "tollgate_connections_total",
+                &[("route", "reject"), ("reason", "resolve-failed")]
+            )
+            .await
+            .unwrap(),
+        1.0
     );
 }
 

@@ -32,8 +32,22 @@ const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// Generation lookups: first wait, doubled each time, and how many tries.
 const LOOKUP_FIRST_WAIT: Duration = Duration::from_millis(250);
 const LOOKUP_TRIES: u32 = 7;
+/// Test-only override of [`LOOKUP_FIRST_WAIT`] in milliseconds (not documented: the schedule
+/// is not a knob), so the give-up path can be tested without ~30 s of real backoff.
+const LOOKUP_FIRST_WAIT_ENV: &str = "TOLLGATE_TEST_LOOKUP_FIRST_WAIT_MS";
 /// Response headers passed back to the agent; the rest (cookies, upstream internals) are dropped.
 const RETURNED_HEADERS: [&str; 3] = ["content-type", "cache-control", "x-generation-id"];
+
+/// The first lookup wait: [`LOOKUP_FIRST_WAIT`] unless a test set [`LOOKUP_FIRST_WAIT_ENV`].
+fn lookup_first_wait() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var(LOOKUP_FIRST_WAIT_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(LOOKUP_FIRST_WAIT, Duration::from_millis)
+    })
+}
 
 /// What the settlement needs to know about the request.
 pub struct Metered {
@@ -394,7 +408,7 @@ async fn lookup_generation(
     let policy = state.policy.load_full();
     let g = &policy.gateway;
     let query: String = url_escape(id);
-    let mut wait = LOOKUP_FIRST_WAIT;
+    let mut wait = lookup_first_wait();
     for _ in 0..LOOKUP_TRIES {
         tokio::time::sleep(wait).await;
         wait *= 2;

@@ -102,7 +102,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
                 )
             }
             ("GET", p) if p.starts_with(WORKSPACES) => {
-                workspace(&state, &p[WORKSPACES.len()..], bearer.as_deref())
+                let id = p[WORKSPACES.len()..].to_owned();
+                record(&state, rec);
+                // Held reads are recorded first, so a test can see one is in flight.
+                while state.script.lock().unwrap().workspace.hold {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                return workspace(&state, &id, bearer.as_deref());
             }
             _ => error(StatusCode::NOT_FOUND, "Not Found"),
         }

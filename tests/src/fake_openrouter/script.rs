@@ -299,6 +299,8 @@ pub struct WorkspaceScript {
     pub data_discount: bool,
     /// Answer 500 instead (to make the gateway's view go stale).
     pub fail: bool,
+    /// Record each read, then leave it unanswered while this stays set (a slow management API).
+    pub hold: bool,
 }
 
 /// The bearer token `GET /api/v1/workspaces/{id}` requires.
