@@ -130,12 +130,16 @@ url='https://tasks.s3.amazonaws.com/t.tar.gz?X-Amz-Signature=0'
 "$launch" render --task=django__django-12345 --run=r1 --archive-url="$url" --archive-sha256=$sha \
   --budget-usd=2.5 --pull-secret=zot-pull --push-secret=zot-push >"$work/pod-build.yaml"
 validate "$work/pod-build.yaml" "rendered Pod (build, policy ConfigMap)"
-"$launch" render --task=t --run=r2 --archive-url="$url" --archive-sha256=$sha --skip-build \
+"$launch" render --task=t --run=r2 --archive-url="$url" --archive-sha256=$sha --build=never \
   --policy-file=k8s/base/policy/policy.toml --agent-uid=1000 --agent-gid=1000 >"$work/pod-file.yaml"
 validate "$work/pod-file.yaml" "rendered Pod (prebuilt, --policy-file)"
+"$launch" render --task=t --run=r3 --archive-url="$url" --archive-sha256=$sha --build=never \
+  --proxy-secret=openrouter-keys:/etc/tollgate-keys \
+  --proxy-file=pod-launcher/tests/fixtures/extra-ca.pem:/etc/tollgate-extra/ca.pem >"$work/pod-mounts.yaml"
+validate "$work/pod-mounts.yaml" "rendered Pod (--proxy-secret, --proxy-file Secret)"
 validate k8s/examples/task-pod.yaml "k8s/examples/task-pod.yaml"
 # No container but the proxy may be able to act as UID/GID 1337 (build Pods are skipped).
-for f in "$work/pod-build.yaml" "$work/pod-file.yaml" k8s/examples/task-pod.yaml; do
+for f in "$work/pod-build.yaml" "$work/pod-file.yaml" "$work/pod-mounts.yaml" k8s/examples/task-pod.yaml; do
   if "$launch" check-pod "$f"; then ok "check-pod $(basename "$f")"; else fail "check-pod $f"; fi
 done
 

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tollgate_policy::{Phase, Policy};
 
+use crate::mounts::{self, MountError};
 use crate::pending::{pending_work, serve};
 use crate::registry::{Credentials, OciRegistry};
 use crate::render::render;
@@ -62,8 +63,12 @@ pub enum Command {
     Render {
         #[command(flatten)]
         task: TaskArgs,
-        /// Leave out the build Pod (as when the registry already has the image).
-        #[arg(long)]
+        /// auto or always: print the build Pod (offline, so auto cannot ask the registry; `submit`
+        /// leaves it out when the registry has the tag); never: leave it out.
+        #[arg(long, value_enum, default_value = "auto")]
+        build: BuildMode,
+        /// Old spelling of `--build never`.
+        #[arg(long, hide = true, conflicts_with = "build")]
         skip_build: bool,
     },
     /// Ask the registry whether the image exists, build it in a build Pod if not (and wait for
@@ -246,6 +251,16 @@ pub struct TaskArgs {
     /// repeatable.
     #[arg(long = "proxy-env")]
     pub proxy_env: Vec<String>,
+    /// NAME:MOUNTPATH: mount the Secret NAME (all its keys, as files) read-only at the directory
+    /// MOUNTPATH in the proxy container only (e.g. for `[intercept] inject_key_file`); repeatable.
+    #[arg(long = "proxy-secret", value_name = "NAME:MOUNTPATH")]
+    pub proxy_secret: Vec<String>,
+    /// LOCAL:MOUNTPATH: ship the local file in a Secret created beside the Pod (and deleted with
+    /// it), mounted read-only as the file MOUNTPATH in the proxy container only (e.g. for
+    /// `[intercept] extra_ca_file`); repeatable. Mount paths must be absolute, without `..`, and
+    /// outside /etc/tollgate, /certs/output, /var/lib/tollgate, /etc/podinfo and /tmp.
+    #[arg(long = "proxy-file", value_name = "LOCAL:MOUNTPATH")]
+    pub proxy_file: Vec<String>,
 }
 
 /// Why flags could not become a [`TaskSpec`].
@@ -277,6 +292,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--proxy-secret` or `--proxy-file`.
+    #[error(transparent)]
+    Mount(#[from] MountError),
     /// `check-pod` found Pods that would let a container act as the proxy.
     #[error("{0}")]
     Refused(String),
@@ -366,6 +384,7 @@ impl TaskArgs {
                 .iter()
                 .map(|kv| spec::proxy_env(kv))
                 .collect::<Result<_, _>>()?,
+            proxy_mounts: mounts::parse(&self.proxy_secret, &self.proxy_file)?,
         })
     }
 
@@ -391,13 +410,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     // kube and the registry client use rustls; this build carries only the ring provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -412,6 +425,22 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
+}
+
+/// Logs to stderr, coloured only on a terminal and without `NO_COLOR` (container logs are never
+/// a terminal, and escape codes there are noise).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 /// Runs one command.
@@ -501,9 +530,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
     let ns = cli.namespace.as_str();
     let label = cli.phase_label.as_str();
     match cli.command {
-        Command::Render { task, skip_build } => {
+        Command::Render {
+            task,
+            build,
+            skip_build,
+        } => {
             let spec = task.spec(ns, label).map_err(Failure::Config)?;
-            print!("{}", render(&spec, !skip_build).to_yaml()?);
+            let build = if skip_build { BuildMode::Never } else { build };
+            print!("{}", render(&spec, build.renders_build_pod()).to_yaml()?);
         }
         Command::Submit { task, build } => {
             let spec = task.spec(ns, label).map_err(Failure::Config)?;

@@ -10,6 +10,7 @@
 //!
 //! - `cli`: clap flags, turned into a `TaskSpec`; exit codes (64 bad flags, 75 wait timed out).
 //! - `spec`: the validated inputs (ids, image reference, micro-USD budget, quantities).
+//! - `mounts`: `--proxy-secret`/`--proxy-file`, extra files for the proxy container only.
 //! - `render`: typed k8s-openapi objects; offline; golden-tested.
 //! - `admit`: no container but the proxy can act as UID/GID 1337 (submit, `check-pod`).
 //! - `registry`: `HEAD /v2/<name>/manifests/<tag>` to skip the Kaniko build of a known image.
@@ -21,6 +22,7 @@
 
 pub mod admit;
 pub mod cli;
+pub mod mounts;
 pub mod pending;
 pub mod registry;
 pub mod render;

@@ -16,20 +16,25 @@
 //!    1337; the agent starts once its startup probe on `/readyz` passes (the CA is written then).
 //! 3. `agent`: the built image as a fixed non-root UID/GID (never the image's `USER`), every
 //!    capability dropped, no privilege escalation: it cannot become UID 1337.
+//!
+//! `--proxy-secret` Secrets and the `--proxy-file` Secret (created beside the policy ConfigMap)
+//! are mounted read-only into `tollgate-proxy` and no other container.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
     DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::mounts::ProxyMount;
 use crate::spec::{PROXY_ID, PolicySource, Resources, Scheme, TaskSpec};
 
 /// Label every launcher-made object carries; `pending-work` selects on it.
@@ -62,6 +67,10 @@ pub const CA_BUNDLE: &str = "/certs/output/ca-bundle.crt";
 pub const PODINFO_DIR: &str = "/etc/podinfo";
 /// The proxy's data dir (usage ledger).
 pub const DATA_DIR: &str = "/var/lib/tollgate";
+/// The proxy's own /tmp (the egress-unlocked sentinel).
+pub const PROXY_TMP_DIR: &str = "/tmp";
+/// Volume of the Secret the launcher creates for `--proxy-file`.
+pub const PROXY_FILES_VOLUME: &str = "proxy-files";
 /// The proxy's SNI port.
 pub const SNI_PORT: i32 = 15443;
 /// The proxy's original-destination (capture) port.
@@ -87,6 +96,8 @@ pub struct Rendered {
     pub build: Option<Pod>,
     /// The policy ConfigMap, when the policy came from a file.
     pub policy: Option<ConfigMap>,
+    /// The Secret with the `--proxy-file` files, mounted into the proxy only.
+    pub files: Option<Secret>,
     /// The task Pod.
     pub pod: Pod,
 }
@@ -102,6 +113,10 @@ impl Rendered {
         }
         if let Some(cm) = &self.policy {
             out.push_str(&to_yaml(cm)?);
+            out.push_str("---\n");
+        }
+        if let Some(secret) = &self.files {
+            out.push_str(&to_yaml(secret)?);
             out.push_str("---\n");
         }
         out.push_str(&to_yaml(&self.pod)?);
@@ -136,8 +151,88 @@ pub fn render(spec: &TaskSpec, build: bool) -> Rendered {
     Rendered {
         build: build.then(|| build_pod(spec)),
         policy,
+        files: files_secret(spec),
         pod: pod(spec),
     }
+}
+
+/// The name of the Secret that carries the `--proxy-file` files: `<pod>-proxy-files`.
+pub fn proxy_files_secret_name(spec: &TaskSpec) -> String {
+    let mut pod = spec.pod_name();
+    pod.truncate(51);
+    format!("{}-proxy-files", pod.trim_end_matches('-'))
+}
+
+/// The key of the `i`th `--proxy-file` in its Secret.
+fn proxy_file_key(i: usize) -> String {
+    format!("file-{i}")
+}
+
+fn files_secret(spec: &TaskSpec) -> Option<Secret> {
+    let data: BTreeMap<String, ByteString> = spec
+        .proxy_mounts
+        .iter()
+        .filter_map(|m| match m {
+            ProxyMount::File { content, .. } => Some(ByteString(content.clone())),
+            ProxyMount::Secret { .. } => None,
+        })
+        .enumerate()
+        .map(|(i, content)| (proxy_file_key(i), content))
+        .collect();
+    (!data.is_empty()).then(|| Secret {
+        metadata: ObjectMeta {
+            name: Some(proxy_files_secret_name(spec)),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(task_labels(spec)),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        immutable: Some(true),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// The proxy's volumes and mounts for `--proxy-secret` and `--proxy-file`, all read-only.
+fn proxy_extra_mounts(spec: &TaskSpec) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+    let mut files = 0;
+    for (i, m) in spec.proxy_mounts.iter().enumerate() {
+        match m {
+            ProxyMount::Secret { name, path } => {
+                let volume = format!("proxy-secret-{i}");
+                volumes.push(Volume {
+                    name: volume.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(name.clone()),
+                        optional: Some(false),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+                mounts.push(mount(&volume, path, true));
+            }
+            ProxyMount::File { path, .. } => {
+                mounts.push(VolumeMount {
+                    sub_path: Some(proxy_file_key(files)),
+                    ..mount(PROXY_FILES_VOLUME, path, true)
+                });
+                files += 1;
+            }
+        }
+    }
+    if files > 0 {
+        volumes.push(Volume {
+            name: PROXY_FILES_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(proxy_files_secret_name(spec)),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    (volumes, mounts)
 }
 
 /// Labels shared by the Pod and its ConfigMap (the phase label is the Pod's alone).
@@ -395,6 +490,16 @@ fn proxy(spec: &TaskSpec) -> Container {
             ..EnvFromSource::default()
         }]
     });
+    let mut volume_mounts = vec![
+        mount("podinfo", PODINFO_DIR, true),
+        mount("policy", POLICY_DIR, true),
+        mount("certs", CERTS_DIR, false),
+        mount("proxy-data", DATA_DIR, false),
+        // The sentinel /tmp/egress-unlocked lives here: the proxy's own, not the agent's.
+        mount("proxy-tmp", PROXY_TMP_DIR, false),
+    ];
+    // Key files and extra CAs: the proxy's alone (never the agent's, init's or a build's).
+    volume_mounts.extend(proxy_extra_mounts(spec).1);
     Container {
         name: "tollgate-proxy".to_owned(),
         image: Some(spec.images.proxy.clone()),
@@ -428,14 +533,7 @@ fn proxy(spec: &TaskSpec) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("podinfo", PODINFO_DIR, true),
-            mount("policy", POLICY_DIR, true),
-            mount("certs", CERTS_DIR, false),
-            mount("proxy-data", DATA_DIR, false),
-            // The sentinel /tmp/egress-unlocked lives here: the proxy's own, not the agent's.
-            mount("proxy-tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(volume_mounts),
         ..Container::default()
     }
 }
@@ -500,6 +598,9 @@ fn volumes(spec: &TaskSpec) -> Vec<Volume> {
         empty_dir("proxy-tmp", "1Mi"),
         empty_dir("init-run", "1Mi"),
     ]
+    .into_iter()
+    .chain(proxy_extra_mounts(spec).0)
+    .collect()
 }
 
 fn empty_dir(name: &str, size: &str) -> Volume {

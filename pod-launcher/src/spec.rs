@@ -478,6 +478,8 @@ pub struct TaskSpec {
     pub proxy_env_secret: Option<String>,
     /// Extra plain env for the proxy, from `--proxy-env`.
     pub proxy_env: Vec<(String, String)>,
+    /// Extra files for the proxy only, from `--proxy-secret` and `--proxy-file`.
+    pub proxy_mounts: Vec<crate::mounts::ProxyMount>,
 }
 
 impl TaskSpec {

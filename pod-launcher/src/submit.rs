@@ -1,14 +1,15 @@
 //! Creates a task in the cluster: ask the registry whether the image exists, render, check the
 //! task Pod ([`crate::admit`]), build the image in its own Pod when needed (create it, wait for
-//! it to succeed, delete it), then create the policy ConfigMap (for `--policy-file`), the task
-//! Pod, and make the Pod own the ConfigMap so it is garbage-collected with it.
+//! it to succeed, delete it), then create the policy ConfigMap (for `--policy-file`), the proxy
+//! files Secret (for `--proxy-file`), the task Pod, and make the Pod own the ConfigMap and the
+//! Secret so they are garbage-collected with it.
 //!
 //! The task Pod is created only once its image exists: a failed build leaves no task Pod stuck
 //! pulling an image that will never come, and the failed build Pod stays for its logs.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -32,6 +33,13 @@ pub enum BuildMode {
     Never,
 }
 
+impl BuildMode {
+    /// Whether `render` (offline: the registry is not asked) prints the build Pod.
+    pub fn renders_build_pod(self) -> bool {
+        self != BuildMode::Never
+    }
+}
+
 /// What `submit` did; printed as JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Submitted {
@@ -47,6 +55,8 @@ pub struct Submitted {
     pub build_pod: Option<String>,
     /// The ConfigMap created for `--policy-file`, if any.
     pub policy_configmap: Option<String>,
+    /// The Secret created for `--proxy-file`, if any (owned by the Pod, like the ConfigMap).
+    pub proxy_files: Option<String>,
 }
 
 /// Why a submission failed.
@@ -110,7 +120,8 @@ pub async fn submit(
     let rendered = render(spec, build);
     admit::check(&rendered.pod)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &spec.namespace);
-    let configmaps: Api<ConfigMap> = Api::namespaced(client, &spec.namespace);
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &spec.namespace);
+    let secrets: Api<Secret> = Api::namespaced(client, &spec.namespace);
     let post = PostParams {
         dry_run: false,
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -129,15 +140,29 @@ pub async fn submit(
         }
         None => None,
     };
+    let proxy_files = match &rendered.files {
+        Some(secret) => match secrets.create(&post, secret).await {
+            Ok(created) => Some(created.metadata.name.unwrap_or_default()),
+            Err(source) => {
+                cleanup(&configmaps, policy_configmap.as_deref(), &secrets, None).await;
+                return Err(SubmitError::Api {
+                    action: "create proxy files secret".to_owned(),
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
     let pod = match pods.create(&post, &rendered.pod).await {
         Ok(pod) => pod,
         Err(source) => {
-            if let Some(name) = &policy_configmap {
-                // Best effort: do not leave an orphan behind the failure we report.
-                if let Err(e) = configmaps.delete(name, &DeleteParams::default()).await {
-                    tracing::warn!(configmap = %name, error = %e, "could not delete the policy configmap");
-                }
-            }
+            cleanup(
+                &configmaps,
+                policy_configmap.as_deref(),
+                &secrets,
+                proxy_files.as_deref(),
+            )
+            .await;
             return Err(SubmitError::Api {
                 action: "create pod".to_owned(),
                 source,
@@ -145,29 +170,42 @@ pub async fn submit(
         }
     };
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    if let (Some(name), Some(uid)) = (&policy_configmap, pod.metadata.uid.clone()) {
-        let owned = ConfigMap {
-            metadata: ObjectMeta {
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "v1".to_owned(),
-                    kind: "Pod".to_owned(),
-                    name: pod_name.clone(),
-                    uid,
-                    controller: None,
-                    block_owner_deletion: None,
-                }]),
-                ..ObjectMeta::default()
-            },
-            ..ConfigMap::default()
+    if let Some(uid) = pod.metadata.uid.clone() {
+        let owned = ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Pod".to_owned(),
+                name: pod_name.clone(),
+                uid,
+                controller: None,
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
         };
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
         };
-        configmaps
-            .patch(name, &params, &Patch::Merge(&owned))
-            .await
-            .map_err(api_err("make the pod own its policy configmap"))?;
+        if let Some(name) = &policy_configmap {
+            let patch = ConfigMap {
+                metadata: owned.clone(),
+                ..ConfigMap::default()
+            };
+            configmaps
+                .patch(name, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("make the pod own its policy configmap"))?;
+        }
+        if let Some(name) = &proxy_files {
+            let patch = Secret {
+                metadata: owned,
+                ..Secret::default()
+            };
+            secrets
+                .patch(name, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("make the pod own its proxy files secret"))?;
+        }
     }
     Ok(Submitted {
         namespace: spec.namespace.clone(),
@@ -176,7 +214,27 @@ pub async fn submit(
         build,
         build_pod,
         policy_configmap,
+        proxy_files,
     })
+}
+
+/// Best effort: do not leave an orphan behind the failure we report.
+async fn cleanup(
+    configmaps: &Api<ConfigMap>,
+    configmap: Option<&str>,
+    secrets: &Api<Secret>,
+    secret: Option<&str>,
+) {
+    if let Some(name) = configmap
+        && let Err(e) = configmaps.delete(name, &DeleteParams::default()).await
+    {
+        tracing::warn!(configmap = %name, error = %e, "could not delete the policy configmap");
+    }
+    if let Some(name) = secret
+        && let Err(e) = secrets.delete(name, &DeleteParams::default()).await
+    {
+        tracing::warn!(secret = %name, error = %e, "could not delete the proxy files secret");
+    }
 }
 
 /// Creates the build Pod (or joins one already building the same image), waits for it to

@@ -210,6 +210,7 @@ async fn submit_builds_in_its_own_pod_first_then_creates_the_task_pod() {
             build: true,
             build_pod: Some(BUILD_POD.into()),
             policy_configmap: None,
+            proxy_files: None,
         }
     );
 }
@@ -387,6 +388,143 @@ async fn a_refused_pod_removes_the_policy_configmap_it_left() {
         .unwrap_err();
     script.await.unwrap();
     assert!(err.to_string().starts_with("create pod:"), "{err}");
+}
+
+const EXTRA_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/extra-ca.pem");
+
+#[tokio::test]
+async fn submit_with_proxy_files_creates_their_secret_then_the_pod_then_the_owner_references() {
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/policy.toml");
+    let file = format!("{EXTRA_CA}:/etc/tollgate-extra/ca.pem");
+    let spec = spec(&["--policy-file", policy, "--proxy-file", &file]);
+    let rendered = tollgate_launch::render::render(&spec, false);
+    let cm = rendered.policy.clone().unwrap();
+    let cm_name = format!("{POD}-policy");
+    let secret = rendered.files.clone().unwrap();
+    let secret_name = format!("{POD}-proxy-files");
+    assert_eq!(secret.metadata.name.as_deref(), Some(secret_name.as_str()));
+    let secret_json = serde_json::to_value(&secret).unwrap();
+    assert_eq!(
+        secret_json["data"]["file-0"],
+        json!(base64_of(&std::fs::read(EXTRA_CA).unwrap()))
+    );
+    let owner = |kind: &str| {
+        json!({
+            "apiVersion": "v1", "kind": kind,
+            "metadata": { "ownerReferences": [
+                { "apiVersion": "v1", "kind": "Pod", "name": POD, "uid": "uid-7" }
+            ] }
+        })
+    };
+    let (client, script) = scripted(vec![
+        exchange(
+            Method::POST,
+            &format!("/api/v1/namespaces/{NS}/configmaps?&fieldManager=tollgate-launch"),
+            serde_json::to_value(&cm).unwrap(),
+        ),
+        Exchange {
+            body: Some(secret_json.clone()),
+            ..exchange(
+                Method::POST,
+                &format!("/api/v1/namespaces/{NS}/secrets?&fieldManager=tollgate-launch"),
+                secret_json.clone(),
+            )
+        },
+        Exchange {
+            body: Some(serde_json::to_value(&rendered.pod).unwrap()),
+            ..exchange(
+                Method::POST,
+                &format!("/api/v1/namespaces/{NS}/pods?&fieldManager=tollgate-launch"),
+                pod_answer(POD, "uid-7"),
+            )
+        },
+        Exchange {
+            body: Some(owner("ConfigMap")),
+            ..exchange(
+                Method::PATCH,
+                &format!(
+                    "/api/v1/namespaces/{NS}/configmaps/{cm_name}?&fieldManager=tollgate-launch"
+                ),
+                serde_json::to_value(&cm).unwrap(),
+            )
+        },
+        Exchange {
+            content_type: Some("application/merge-patch+json"),
+            body: Some(owner("Secret")),
+            ..exchange(
+                Method::PATCH,
+                &format!(
+                    "/api/v1/namespaces/{NS}/secrets/{secret_name}?&fieldManager=tollgate-launch"
+                ),
+                secret_json,
+            )
+        },
+    ]);
+    let done = submit(client, &spec, &Index(true), BuildMode::Auto, WAIT)
+        .await
+        .unwrap();
+    script.await.unwrap();
+    assert_eq!(done.proxy_files.as_deref(), Some(secret_name.as_str()));
+}
+
+#[tokio::test]
+async fn a_refused_pod_removes_the_proxy_files_secret_it_left() {
+    let file = format!("{EXTRA_CA}:/etc/tollgate-extra/ca.pem");
+    let spec = spec(&["--proxy-file", &file]);
+    let secret =
+        serde_json::to_value(tollgate_launch::render::render(&spec, false).files.unwrap()).unwrap();
+    let secret_name = format!("{POD}-proxy-files");
+    let status = json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "message": "pods \"x\" is forbidden", "reason": "Forbidden", "code": 403
+    });
+    let (client, script) = scripted(vec![
+        exchange(
+            Method::POST,
+            &format!("/api/v1/namespaces/{NS}/secrets?&fieldManager=tollgate-launch"),
+            secret.clone(),
+        ),
+        Exchange {
+            status: StatusCode::FORBIDDEN,
+            ..exchange(
+                Method::POST,
+                &format!("/api/v1/namespaces/{NS}/pods?&fieldManager=tollgate-launch"),
+                status,
+            )
+        },
+        exchange(
+            Method::DELETE,
+            &format!("/api/v1/namespaces/{NS}/secrets/{secret_name}?"),
+            secret,
+        ),
+    ]);
+    let err = submit(client, &spec, &Index(false), BuildMode::Never, WAIT)
+        .await
+        .unwrap_err();
+    script.await.unwrap();
+    assert!(err.to_string().starts_with("create pod:"), "{err}");
+}
+
+/// Standard base64 with padding, as the API carries Secret data.
+fn base64_of(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -38,9 +38,14 @@ fn render_args(extra: &[&str]) -> String {
     let cli = Cli::try_parse_from(&args).expect("valid flags");
     let (ns, label) = (cli.namespace.clone(), cli.phase_label.clone());
     match cli.command {
-        Cmd::Render { task, skip_build } => {
+        Cmd::Render {
+            task,
+            build,
+            skip_build,
+        } => {
             let spec = task.spec(&ns, &label).expect("valid spec");
-            render(&spec, !skip_build).to_yaml().expect("serializable")
+            let build = build.renders_build_pod() && !skip_build;
+            render(&spec, build).to_yaml().expect("serializable")
         }
         other => panic!("not render: {other:?}"),
     }
@@ -98,7 +103,7 @@ fn prebuilt_image_with_policy_file() {
             "render",
             "--task=astropy__astropy-12907",
             "--run=r1",
-            "--skip-build",
+            "--build=never",
             &policy,
         ],
     );
@@ -177,6 +182,46 @@ fn bad_flags_exit_64_with_the_reason() {
         (vec!["--task=t", "--proxy-env=PATH=/tmp"], "proxy env"),
         (vec!["--task=t", "--registry=http://zot"], "registry"),
         (vec!["--task=t", "--unknown-flag"], "unknown-flag"),
+        (vec!["--task=t", "--proxy-secret=keys"], "NAME:MOUNTPATH"),
+        (
+            vec!["--task=t", "--proxy-secret=Keys:/keys"],
+            "--proxy-secret",
+        ),
+        (vec!["--task=t", "--proxy-secret=keys:keys"], "absolute"),
+        (
+            vec!["--task=t", "--proxy-secret=keys:/a/../etc/tollgate"],
+            "'..'",
+        ),
+        (vec!["--task=t", "--proxy-secret=keys:/"], "absolute"),
+        (
+            vec!["--task=t", "--proxy-secret=keys:/etc/tollgate"],
+            "the policy mount",
+        ),
+        (
+            vec!["--task=t", "--proxy-secret=keys:/etc"],
+            "the policy mount",
+        ),
+        (
+            vec!["--task=t", "--proxy-secret=keys:/certs/output/x"],
+            "the certs mount",
+        ),
+        (
+            vec!["--task=t", "--proxy-secret=keys:/var/lib/tollgate"],
+            "the data mount",
+        ),
+        (vec!["--task=t", "--proxy-secret=keys:/tmp/k"], "/tmp"),
+        (
+            vec!["--task=t", "--proxy-secret=a:/k", "--proxy-secret=b:/k/x"],
+            "another mount",
+        ),
+        (
+            vec!["--task=t", "--proxy-file=/nonexistent/ca.pem:/extra/ca.pem"],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            vec!["--task=t", "--build=never", "--skip-build"],
+            "--skip-build",
+        ),
     ] {
         let mut args: Vec<&str> = base.to_vec();
         args.extend(extra.iter().copied());
@@ -247,4 +292,88 @@ fn check_pod_refuses_a_pod_whose_image_picks_the_agent_user_or_gives_it_group_13
         assert!(stderr.contains(needle), "{needle:?} missing in:\n{stderr}");
     }
     assert!(!stderr.contains("tollgate-proxy:"), "{stderr}");
+}
+
+/// The proxy's extra files: a Secret per `--proxy-secret`, one launcher-made Secret for the
+/// `--proxy-file`s, all mounted read-only into `tollgate-proxy` only.
+#[test]
+fn proxy_secrets_and_files() {
+    let ca = manifest_dir().join("tests/fixtures/extra-ca.pem");
+    let ca = format!("--proxy-file={}:/etc/tollgate-extra/ca.pem", ca.display());
+    golden(
+        "proxy-mounts",
+        &[
+            "render",
+            "--task=t",
+            "--run=r1",
+            "--build=never",
+            "--proxy-secret=openrouter-keys:/etc/tollgate-keys",
+            &ca,
+        ],
+    );
+}
+
+#[test]
+fn only_the_proxy_mounts_the_extra_files() {
+    let ca = manifest_dir().join("tests/fixtures/extra-ca.pem");
+    let ca = format!("--proxy-file={}:/etc/tollgate-extra/ca.pem", ca.display());
+    let out = launch(&[
+        "render",
+        "--archive-url",
+        URL,
+        "--archive-sha256",
+        SHA,
+        "--task=t",
+        "--run=r1",
+        "--proxy-secret=openrouter-keys:/etc/tollgate-keys",
+        &ca,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Pod", "Secret", "Pod"],
+        "build Pod, files Secret, task Pod"
+    );
+    let secret = &docs[1];
+    assert_eq!(secret["metadata"]["name"], "task-t-r1-proxy-files");
+    assert!(secret["data"]["file-0"].is_string(), "{secret}");
+    let mut seen = 0;
+    for pod in [&docs[0], &docs[2]] {
+        let spec = &pod["spec"];
+        let containers = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .chain(spec["containers"].as_array())
+            .flatten();
+        for c in containers {
+            let mounts: Vec<(&str, &serde_json::Value)> = c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| (m["name"].as_str().unwrap(), m))
+                .collect();
+            let extra: Vec<_> = mounts
+                .iter()
+                .filter(|(n, _)| n.starts_with("proxy-secret-") || *n == "proxy-files")
+                .collect();
+            if c["name"] == "tollgate-proxy" {
+                assert_eq!(extra.len(), 2, "{c}");
+                for (_, m) in extra {
+                    assert_eq!(m["readOnly"], true, "{m}");
+                }
+                seen += 1;
+            } else {
+                assert!(extra.is_empty(), "{} mounts {extra:?}", c["name"]);
+            }
+        }
+    }
+    assert_eq!(seen, 1, "one proxy container");
 }
