@@ -60,6 +60,17 @@ struct RunArgs {
     /// Original-destination (capture) listener for every other redirected TCP port; repeatable.
     #[arg(long, env = "TOLLGATE_CAPTURE_LISTEN", value_delimiter = ',', default_values = ["0.0.0.0:15001", "[::]:15001"])]
     capture_listen: Vec<SocketAddr>,
+    /// DNS listener (UDP and TCP) that tollgate-init redirects the Pod's port 53 to; repeatable.
+    #[arg(long, env = "TOLLGATE_DNS_LISTEN", value_delimiter = ',', default_values = ["0.0.0.0:15053", "[::]:15053"])]
+    dns_listen: Vec<SocketAddr>,
+    /// The proxy's resolv.conf: upstream resolvers (unless the policy's [dns] upstream is set)
+    /// and the search domains whose expansions of allowed names are answered locally.
+    #[arg(
+        long,
+        env = "TOLLGATE_DNS_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    dns_resolv_conf: PathBuf,
     /// Read-only usage port (the Python sidecar's): GET /api/v1/usage and /healthz.
     #[arg(long, env = "TOLLGATE_USAGE_LISTEN", default_value = "0.0.0.0:8080")]
     usage_listen: SocketAddr,
@@ -159,6 +170,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     }
     let listeners = bind_all(&args.listen)?;
     let capture = bind_all(&args.capture_listen)?;
+    let dns = bind_dns(&args.dns_listen)?;
     let admin = bind(args.admin_listen)
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
     let settings = Settings {
@@ -176,6 +188,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let mut server = Server::new(listeners, capture, Some(admin), settings, policy);
+    server.dns = dns;
+    server.resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
     if !server.policy.policy.intercept.is_empty() {
         let usage = bind(args.usage_listen)
             .with_context(|| format!("cannot listen on {} (usage)", args.usage_listen))?;
@@ -233,6 +247,24 @@ fn bind_all(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
         "no listener could be bound for {addrs:?}"
     );
     Ok(listeners)
+}
+
+/// Binds the DNS listeners (UDP and TCP per address), skipping IPv6 like [`bind_all`].
+fn bind_dns(addrs: &[SocketAddr]) -> anyhow::Result<Vec<(tokio::net::UdpSocket, TcpListener)>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        match crate::dns::listener::bind(*addr) {
+            Ok(pair) => out.push(pair),
+            Err(e)
+                if addr.is_ipv6()
+                    && e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) =>
+            {
+                tracing::warn!(%addr, "IPv6 is not available; no DNS listener on it");
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} (dns)")),
+        }
+    }
+    Ok(out)
 }
 
 /// Binds a listener; IPv6 sockets are v6-only so `0.0.0.0` and `[::]` can share a port.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::Policy;
 
 use crate::accept::{self, Limits};
 use crate::admin::{self, Readiness};
 use crate::connection::{Context, Listener};
+use crate::dns::{self, Dns, ResolvConf};
 use crate::intercept::gateway::{Gateway, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
@@ -68,6 +69,10 @@ pub struct Server {
     pub interceptor: Arc<dyn Interceptor>,
     /// The metrics catalog (shared with the interceptor).
     pub metrics: Metrics,
+    /// DNS listeners, UDP and TCP on the same address (`:15053` on both families in production).
+    pub dns: Vec<(UdpSocket, TcpListener)>,
+    /// The proxy's resolv.conf: default upstream resolvers and search domains.
+    pub resolv: ResolvConf,
 }
 
 impl Server {
@@ -91,6 +96,8 @@ impl Server {
             orig_dst: Arc::new(Netfilter),
             interceptor: Arc::new(Unavailable),
             metrics: Metrics::new(),
+            dns: Vec::new(),
+            resolv: ResolvConf::default(),
         }
     }
 
@@ -109,6 +116,8 @@ impl Server {
             orig_dst,
             mut interceptor,
             metrics,
+            dns,
+            resolv,
         } = self;
         let sources = settings.phase_sources.clone();
         let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
@@ -160,6 +169,31 @@ impl Server {
                 ready.clone(),
                 background.clone(),
             ));
+        }
+        if !dns.is_empty() {
+            let stage = Arc::new(Dns::new(
+                current.clone(),
+                phase_state.clone(),
+                metrics.clone(),
+                resolv,
+            ));
+            for (udp, tcp) in dns {
+                if let Ok(addr) = udp.local_addr() {
+                    tracing::info!(listener = "dns", addr = %addr, "listening");
+                }
+                tokio::spawn(dns::listener::serve_udp(
+                    udp,
+                    stage.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(dns::listener::serve_tcp(
+                    tcp,
+                    stage.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
         }
         let listeners: Vec<(Listener, TcpListener)> = listeners
             .into_iter()
