@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
-use crate::netns::{DNS, Netns, Run, V4_A, require_root, sock};
+use crate::netns::{Netns, Run, V4_A, require_root, sock};
 
 const ESCAPE_ENV: &str = "TOLLGATE_INIT_ESCAPE";
 
@@ -89,7 +89,7 @@ fn setuid_cannot_escape_the_redirect() {
         return;
     }
     let ns = Netns::new();
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
     let listener = ns.bind(sock(Ipv4Addr::UNSPECIFIED, 15443));
 
     // The agent container: capabilities dropped, no_new_privs.
