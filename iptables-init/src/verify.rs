@@ -8,8 +8,8 @@
 //! 2. `capture-redirect`: TCP to `<probe>:80` reaches the capture port (same check);
 //! 3. `proxy-exemption`: the same connection as the proxy UID/GID reaches no listener;
 //! 4. `udp-fence`: UDP to `<probe>:443` as a non-proxy UID fails with EPERM (fence on);
-//! 4b. `dns-redirect`: TCP and UDP to `<probe>:53` as a non-proxy UID reach the DNS port;
-//! 5. `installed-rules`: `iptables-save` shows exactly the configured chains, one jump each,
+//! 5. `dns-redirect`: TCP and UDP to `<probe>:53` as a non-proxy UID reach the DNS port;
+//! 6. `installed-rules`: `iptables-save` shows exactly the configured chains, one jump each,
 //!    first in OUTPUT.
 //!
 //! Every check is printed; the exit code is the first failure's ([`judge`] decides each).

@@ -39,19 +39,10 @@ pub(super) fn compile(src: Source<'_>, raw: &RawDns) -> Result<DnsSettings, Poli
         None => Vec::new(),
         Some(list) => upstream(src, list)?,
     };
-    let max_ttl = super::duration(
-        src,
-        "dns.max_ttl",
-        raw.max_ttl.as_ref(),
-        DEFAULT_MAX_TTL,
-    )?;
+    let max_ttl = super::duration(src, "dns.max_ttl", raw.max_ttl.as_ref(), DEFAULT_MAX_TTL)?;
     if max_ttl > MAX_TTL_CAP {
         let span = raw.max_ttl.as_ref().map(Spanned::span).unwrap_or_default();
-        return Err(src.error(
-            span,
-            "dns.max_ttl",
-            "expected a duration of at most 1 day",
-        ));
+        return Err(src.error(span, "dns.max_ttl", "expected a duration of at most 1 day"));
     }
     let limit = |key: &str, value: &Option<Spanned<i64>>, default: u32, max: u32| match value {
         Some(v) => super::positive(src, key, v, max),
@@ -127,11 +118,7 @@ fn upstream(
                 )
             })?;
         if out.contains(&addr) {
-            return Err(src.error(
-                item.span(),
-                key,
-                format!("duplicate resolver {addr}"),
-            ));
+            return Err(src.error(item.span(), key, format!("duplicate resolver {addr}")));
         }
         out.push(addr);
     }
