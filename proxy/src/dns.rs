@@ -385,3 +385,33 @@ fn truncated_name(mut name: String) -> String {
     }
     name
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_gives_nameservers_and_the_last_search_line() {
+        let text = "# kubelet\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\nnameserver bogus\n\
+                    search old.example\nsearch NS.svc.cluster.local. svc.cluster.local cluster.local\n\
+                    options ndots:5\n";
+        let r = ResolvConf::parse(text);
+        assert_eq!(
+            r.nameservers,
+            vec![
+                "10.96.0.10:53".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            r.search,
+            vec!["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+        );
+        assert!(
+            ResolvConf::load(Path::new("/nonexistent/resolv.conf"))
+                .nameservers
+                .is_empty()
+        );
+    }
+}

@@ -36,6 +36,7 @@ const TABLE: &[(&str, &str)] = &[
     ("open.example", "203.0.113.20"),
     ("denied.example", "203.0.113.30"),
     ("api.tools.svc.cluster.local", "10.96.7.7"),
+    ("later.example", "203.0.113.40"),
 ];
 
 /// Where no resolver lives: only tollgate can answer a query sent there.
@@ -54,6 +55,7 @@ impl Drop for ResolvConf {
 struct Pod {
     // Field order is drop order: the proxy dies before its namespace.
     proxy: Proxy,
+    policy: PathBuf,
     resolver: FakeResolver,
     _resolv: ResolvConf,
     _dir: tempfile::TempDir,
@@ -130,6 +132,7 @@ impl Pod {
         assert_eq!(proxy.dns_addrs().len(), 2, "{}", proxy.describe());
         Pod {
             proxy,
+            policy,
             resolver,
             _resolv: resolv,
             _dir: dir,
@@ -309,11 +312,34 @@ async fn allowed_names_resolve_and_nothing_else_leaves_the_pod() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_phase_flip_opens_names_but_not_denied_ones() {
+async fn a_reload_and_the_phase_flip_open_names_but_not_denied_ones() {
     if !require_root() {
         return;
     }
     let p = Pod::start().await;
+    // Hot reload: a name added to [dns] allow resolves without a restart.
+    let d = p.dig(&["later.example", "A"]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
+    std::fs::write(
+        &p.policy,
+        POLICY.replace(
+            r#"allow = ["api.tools.svc.cluster.local"]"#,
+            r#"allow = ["api.tools.svc.cluster.local", "later.example"]"#,
+        ),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "later.example to resolve",
+        || async {
+            let d = p.dig(&["later.example", "A"]);
+            (d.data() == vec!["203.0.113.40"]).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The phase flip: every name not denied.
     let d = p.dig(&["open.example", "A"]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.text);
     assert!(!p.resolver.saw("open.example"));
