@@ -4,9 +4,9 @@
 //! with Kubernetes' `ndots:5` search path (three expansions answered locally, then the name), and
 //! for a refused name (answered locally).
 //!
-//! `cargo build --release -p tollgate -p tollgate-bench && target/release/tollgate-bench-dns`
-//! (`--queries N`, default 20000 per series). The tollgate binary is `tollgate` next to this one,
-//! or `$TOLLGATE_BIN`.
+//! `cargo build --release -p tollgate -p tollgate-bench --bin tollgate --bin tollgate-bench-dns`, then
+//! `TOLLGATE_BIN=target/release/tollgate target/release/tollgate-bench-dns` (`--queries N`,
+//! default 20000 per series). Without `$TOLLGATE_BIN` the test harness looks for a debug build.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::str::FromStr;
