@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test tollgate has: unit, in-process integration, and end to end (network namespaces,
 # iptables, curl, the real binaries). Run as root on a fresh Debian/Ubuntu machine it first
-# installs the system packages those tests need; as another user the root-only tests skip (set
+# installs the system packages those tests need (iproute2, iptables, curl, openssl, dig); as another user the root-only tests skip (set
 # TOLLGATE_REQUIRE_ROOT_TESTS=1 to make them fail instead, as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
+command -v dig >/dev/null || need+=(bind9-dnsutils)  # the DNS end-to-end tests' agent
+command -v getent >/dev/null || need+=(libc-bin)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${need[*]}"

@@ -144,6 +144,9 @@ impl Target {
         if help_mentions(bin, "--capture-listen") {
             cmd.args(["--capture-listen", "127.0.0.1:0"]);
         }
+        if help_mentions(bin, "--dns-listen") {
+            cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        }
         // The caller's environment must not reconfigure the proxy behind the benchmark's back.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("TOLLGATE_") || key == "RUST_LOG" {

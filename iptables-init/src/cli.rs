@@ -3,7 +3,6 @@
 //! validated [`crate::config::Config`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -63,18 +62,10 @@ pub struct Args {
     #[arg(long, global = true, env = "TOLLGATE_INIT_EXCLUDE_RFC1918")]
     pub exclude_rfc1918: bool,
 
-    /// DNS resolvers reachable on UDP/TCP 53 (comma list or repeated) [default: the nameservers in --resolv-conf].
-    #[arg(long, global = true, env = "TOLLGATE_INIT_DNS", value_delimiter = ',')]
-    pub dns: Vec<IpAddr>,
-
-    /// Where to read the default resolvers from.
-    #[arg(
-        long,
-        global = true,
-        env = "TOLLGATE_INIT_RESOLV_CONF",
-        default_value = "/etc/resolv.conf"
-    )]
-    pub resolv_conf: PathBuf,
+    /// tollgate's DNS listener: every non-proxy UDP and TCP packet to port 53, to any address,
+    /// is redirected here (the agent reaches no resolver but tollgate).
+    #[arg(long, global = true, env = "TOLLGATE_INIT_DNS_PORT", default_value_t = 15053, value_parser = port)]
+    pub dns_port: u16,
 
     /// iptables backend: auto = legacy if legacy rules already exist, else nft (as Istio does).
     #[arg(long, global = true, env = "TOLLGATE_INIT_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -31,10 +30,8 @@ pub struct Config {
     pub exclude_v6: Vec<Ipv6Net>,
     /// Excluded TCP destination ports.
     pub exclude_ports: Vec<u16>,
-    /// IPv4 resolvers (loopback ones dropped: loopback is exempt anyway).
-    pub dns_v4: Vec<Ipv4Addr>,
-    /// IPv6 resolvers.
-    pub dns_v6: Vec<Ipv6Addr>,
+    /// tollgate's DNS listener: UDP and TCP to port 53 (any address) is redirected here.
+    pub dns_port: u16,
     /// Whether the filter fence is installed.
     pub fence: bool,
     /// Whether IPv6 rules are installed (`--ipv6 auto` already resolved).
@@ -54,13 +51,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Validates `args`. `kernel_has_ipv6` resolves `--ipv6 auto`; `read_file` reads the
-    /// resolv.conf when `--dns` is not given (both are parameters so tests need no host).
-    pub fn from_args(
-        args: &Args,
-        kernel_has_ipv6: impl FnOnce() -> bool,
-        read_file: impl FnOnce(&Path) -> std::io::Result<String>,
-    ) -> Result<Config, Error> {
+    /// Validates `args`. `kernel_has_ipv6` resolves `--ipv6 auto` (a parameter so tests need
+    /// no host).
+    pub fn from_args(args: &Args, kernel_has_ipv6: impl FnOnce() -> bool) -> Result<Config, Error> {
         let mut warnings = Vec::new();
         if args.proxy_uid == 0 {
             return Err(Error::Usage(
@@ -74,6 +67,12 @@ impl Config {
             return Err(Error::Usage(format!(
                 "--sni-port and --capture-port are both {}: they must be tollgate's two different listeners",
                 args.sni_port
+            )));
+        }
+        if args.dns_port == args.sni_port || args.dns_port == args.capture_port {
+            return Err(Error::Usage(format!(
+                "--dns-port {} is also the SNI or capture port: DNS needs its own listener",
+                args.dns_port
             )));
         }
         let sni_ports = dedup(&args.sni_ports);
@@ -103,40 +102,6 @@ impl Config {
             match net {
                 IpNet::V4(n) if !exclude_v4.contains(&n) => exclude_v4.push(n),
                 IpNet::V6(n) if !exclude_v6.contains(&n) => exclude_v6.push(n),
-                _ => {}
-            }
-        }
-
-        let resolvers = if args.dns.is_empty() {
-            match read_file(&args.resolv_conf) {
-                Ok(text) => {
-                    let found = parse_resolv_conf(&text);
-                    if found.is_empty() {
-                        warnings.push(format!(
-                            "no nameserver in {}: DNS is fenced for the agent (pass --dns to allow resolvers)",
-                            args.resolv_conf.display()
-                        ));
-                    }
-                    found
-                }
-                Err(e) => {
-                    warnings.push(format!(
-                        "cannot read {} ({e}): DNS is fenced for the agent (pass --dns to allow resolvers)",
-                        args.resolv_conf.display()
-                    ));
-                    Vec::new()
-                }
-            }
-        } else {
-            args.dns.clone()
-        };
-        let (mut dns_v4, mut dns_v6) = (Vec::new(), Vec::new());
-        for ip in resolvers {
-            match ip {
-                // Loopback resolvers (systemd-resolved, a node-local cache on 127.x) are exempt anyway.
-                _ if ip.is_loopback() => {}
-                IpAddr::V4(a) if !dns_v4.contains(&a) => dns_v4.push(a),
-                IpAddr::V6(a) if !dns_v6.contains(&a) => dns_v6.push(a),
                 _ => {}
             }
         }
@@ -183,8 +148,7 @@ impl Config {
             exclude_v4,
             exclude_v6,
             exclude_ports,
-            dns_v4,
-            dns_v6,
+            dns_port: args.dns_port,
             fence: args.fence == Switch::On,
             ipv6,
             backend: args.backend,
@@ -213,14 +177,6 @@ impl Config {
         }
     }
 
-    /// The resolvers of one family.
-    pub fn resolvers(&self, family: Family) -> Vec<IpAddr> {
-        match family {
-            Family::V4 => self.dns_v4.iter().copied().map(IpAddr::V4).collect(),
-            Family::V6 => self.dns_v6.iter().copied().map(IpAddr::V6).collect(),
-        }
-    }
-
     /// The address the self-test dials in `family`.
     pub fn probe_addr(&self, family: Family) -> IpAddr {
         match family {
@@ -236,19 +192,6 @@ impl Config {
             IpAddr::V6(a) => self.exclude_v6.iter().any(|n| n.contains(&a)),
         }
     }
-}
-
-/// The `nameserver` addresses of a resolv.conf, in order (zone suffixes such as `%eth0` dropped).
-pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.split(['#', ';']).next().unwrap_or_default();
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver")).then_some(())?;
-            let addr = words.next()?;
-            addr.split('%').next()?.parse::<IpAddr>().ok()
-        })
-        .collect()
 }
 
 fn dedup(ports: &[u16]) -> Vec<u16> {
@@ -267,7 +210,7 @@ mod tests {
         let mut full = vec!["tollgate-init"];
         full.extend_from_slice(argv);
         let args = Args::try_parse_from(full).unwrap();
-        Config::from_args(&args, || true, |_| Ok("nameserver 10.96.0.10\n".into()))
+        Config::from_args(&args, || true)
     }
 
     #[test]
@@ -308,40 +251,21 @@ mod tests {
     }
 
     #[test]
-    fn defaults_read_resolv_conf_and_resolve_ipv6() {
+    fn defaults_resolve_ipv6_and_redirect_dns_to_15053() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.dns_v4, vec![Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!(c.dns_port, 15053);
         assert!(c.ipv6 && c.fence && c.self_test);
         assert_eq!(c.families(), vec![Family::V4, Family::V6]);
         assert!(c.warnings.is_empty());
-    }
-
-    #[test]
-    fn explicit_dns_wins_and_is_split_by_family() {
-        let c = config(&[
-            "--dns",
-            "192.0.2.53,2001:db8::53",
-            "--dns",
-            "127.0.0.53",
-            "--dns",
-            "192.0.2.53",
-        ])
-        .unwrap();
-        assert_eq!(c.dns_v4, vec![Ipv4Addr::new(192, 0, 2, 53)]);
-        assert_eq!(c.dns_v6, vec!["2001:db8::53".parse::<Ipv6Addr>().unwrap()]);
-    }
-
-    #[test]
-    fn unreadable_resolv_conf_is_a_warning() {
-        let args = Args::try_parse_from(["tollgate-init"]).unwrap();
-        let c = Config::from_args(
-            &args,
-            || false,
-            |_| Err(std::io::ErrorKind::NotFound.into()),
-        )
-        .unwrap();
-        assert!(c.dns_v4.is_empty() && !c.ipv6);
-        assert!(c.warnings[0].contains("DNS is fenced"), "{:?}", c.warnings);
+        assert!(
+            config(&["--dns-port", "15443"])
+                .unwrap_err()
+                .to_string()
+                .contains("own listener")
+        );
+        let off =
+            Config::from_args(&Args::try_parse_from(["tollgate-init"]).unwrap(), || false).unwrap();
+        assert!(!off.ipv6);
     }
 
     #[test]
@@ -359,20 +283,5 @@ mod tests {
         let c = config(&["--ipv6", "off"]).unwrap();
         assert_eq!(c.families(), vec![Family::V4]);
         assert!(c.warnings.iter().any(|w| w.contains("dual-stack")));
-    }
-
-    #[test]
-    fn resolv_conf_parsing() {
-        let text = "# comment\nsearch default.svc.cluster.local\nnameserver 10.96.0.10 # kube-dns\n\
-                    nameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n  nameserver 1.1.1.1\n";
-        let got = parse_resolv_conf(text);
-        assert_eq!(
-            got,
-            vec![
-                "10.96.0.10".parse::<IpAddr>().unwrap(),
-                "fe80::1".parse().unwrap(),
-                "1.1.1.1".parse().unwrap()
-            ]
-        );
     }
 }

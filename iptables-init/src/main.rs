@@ -21,18 +21,17 @@ fn main() -> ExitCode {
     if let Some(Command::Probe(probe)) = &args.command {
         return ExitCode::from(verify::probe::child_main(probe));
     }
-    let result = Config::from_args(&args, host::kernel_has_ipv6, |p| std::fs::read_to_string(p))
-        .and_then(|cfg| {
-            for w in &cfg.warnings {
-                eprintln!("tollgate-init: warning: {w}");
-            }
-            match args.command {
-                None | Some(Command::Install) => commands::install(&cfg),
-                Some(Command::Uninstall) => commands::uninstall(&cfg),
-                Some(Command::Verify) => commands::verify(&cfg),
-                Some(Command::Probe(_)) => Ok(()),
-            }
-        });
+    let result = Config::from_args(&args, host::kernel_has_ipv6).and_then(|cfg| {
+        for w in &cfg.warnings {
+            eprintln!("tollgate-init: warning: {w}");
+        }
+        match args.command {
+            None | Some(Command::Install) => commands::install(&cfg),
+            Some(Command::Uninstall) => commands::uninstall(&cfg),
+            Some(Command::Verify) => commands::verify(&cfg),
+            Some(Command::Probe(_)) => Ok(()),
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,12 +6,13 @@
 //! kernel reports (`verify`'s rule check).
 //!
 //! ```text
-//! nat    OUTPUT ──(1st rule)──► TOLLGATE_OUTPUT   exemptions: proxy uid, loopback, DNS/TCP to the
-//!                                   │             resolvers, --exclude-cidr, --exclude-port → RETURN
+//! nat    OUTPUT ──(1st rule)──► TOLLGATE_OUTPUT   proxy uid → RETURN; UDP and TCP port 53, any
+//!                                   │             address → REDIRECT --dns-port; loopback,
+//!                                   │             --exclude-cidr, --exclude-port → RETURN
 //!                                   └─ tcp ─────► TOLLGATE_REDIRECT  --sni-ports → REDIRECT --sni-port
 //!                                                                    other TCP → REDIRECT --capture-port
-//! filter OUTPUT ──(1st rule)──► TOLLGATE_FENCE    proxy uid, loopback (redirected TCP lands there),
-//!                                                 established, DNS, excluded, ICMPv6 ND/MLD → RETURN;
+//! filter OUTPUT ──(1st rule)──► TOLLGATE_FENCE    proxy uid, loopback (redirected TCP and DNS land
+//!                                                 there), established, excluded, ICMPv6 ND/MLD → RETURN;
 //!                                                 UDP, TCP, anything else → REJECT
 //! ```
 //!
@@ -23,7 +24,6 @@
 //! reachability: rules other tools put after the jump still apply.
 
 use std::fmt;
-use std::net::IpAddr;
 
 use crate::config::Config;
 
@@ -63,13 +63,6 @@ impl Family {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
-        }
-    }
-
-    fn host(self, ip: IpAddr) -> String {
-        match self {
-            Family::V4 => format!("{ip}/32"),
-            Family::V6 => format!("{ip}/128"),
         }
     }
 }
@@ -130,9 +123,14 @@ pub fn plan(cfg: &Config, family: Family) -> FamilyPlan {
 
 fn nat(cfg: &Config, family: Family) -> Table {
     let mut out = exemptions(cfg, family);
-    for r in cfg.resolvers(family) {
-        out.push(Rule::new("dns", "RETURN").dst(family.host(r)).tcp(53));
-    }
+    // DNS before the loopback and exclusion exemptions: a query to any address, a resolver on an
+    // excluded range included, is answered by tollgate, which forwards only names the policy
+    // could route. The proxy's own queries returned above.
+    let dns = format!("REDIRECT --to-ports {}", cfg.dns_port);
+    let loopback = out.pop();
+    out.push(Rule::new("dns", dns.clone()).udp(53));
+    out.push(Rule::new("dns", dns).tcp(53));
+    out.extend(loopback);
     out.extend(exclusions(cfg, family));
     out.push(Rule::new("redirect", REDIRECT_CHAIN).proto("tcp"));
 
@@ -159,10 +157,6 @@ fn nat(cfg: &Config, family: Family) -> Table {
 fn fence(cfg: &Config, family: Family) -> Table {
     let mut rules = exemptions(cfg, family);
     rules.push(Rule::new("established", "RETURN").m("-m conntrack --ctstate RELATED,ESTABLISHED"));
-    for r in cfg.resolvers(family) {
-        rules.push(Rule::new("dns", "RETURN").dst(family.host(r)).udp(53));
-        rules.push(Rule::new("dns", "RETURN").dst(family.host(r)).tcp(53));
-    }
     rules.extend(exclusions(cfg, family));
     let (port_unreachable, prohibited) = match family {
         Family::V4 => ("icmp-port-unreachable", "icmp-admin-prohibited"),

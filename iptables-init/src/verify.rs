@@ -8,7 +8,8 @@
 //! 2. `capture-redirect`: TCP to `<probe>:80` reaches the capture port (same check);
 //! 3. `proxy-exemption`: the same connection as the proxy UID reaches no listener;
 //! 4. `udp-fence`: UDP to `<probe>:443` as a non-proxy UID fails with EPERM (fence on);
-//! 5. `installed-rules`: `iptables-save` shows exactly the configured chains, one jump each,
+//! 5. `dns-redirect`: TCP and UDP to `<probe>:53` as a non-proxy UID reach the DNS port;
+//! 6. `installed-rules`: `iptables-save` shows exactly the configured chains, one jump each,
 //!    first in OUTPUT.
 //!
 //! Every check is printed; the exit code is the first failure's ([`judge`] decides each).
@@ -32,7 +33,7 @@ use crate::host::Privileges;
 use crate::restore::{Live, drift};
 use crate::rules::{Family, plan};
 pub use judge::{Check, Verdict};
-use judge::{judge_exempt, judge_redirect, judge_udp};
+use judge::{judge_dns_udp, judge_exempt, judge_redirect, judge_udp};
 use listen::{Arrival, Listeners, Port};
 use probe::{TcpOutcome, UdpOutcome, Who};
 
@@ -47,13 +48,12 @@ pub fn self_test(
     lives: &[(Family, Live)],
 ) -> Result<(), Error> {
     let families = cfg.families();
-    let listeners = Listeners::bind(cfg.sni_port, cfg.capture_port, &families).map_err(
-        |(family, detail)| Error::SelfTest {
+    let listeners = Listeners::bind(cfg.sni_port, cfg.capture_port, cfg.dns_port, &families)
+        .map_err(|(family, detail)| Error::SelfTest {
             family,
             check: Check::Setup,
             detail,
-        },
-    )?;
+        })?;
     let (agent, proxy) = identities(cfg, privileges);
     let mut prober = Prober {
         cfg,
@@ -203,6 +203,13 @@ impl Prober<'_> {
             ),
         });
 
+        let dns = SocketAddr::new(ip, 53);
+        out.push((
+            format!("tcp {dns} {agent}"),
+            self.redirect(family, Port::Dns, dns),
+        ));
+        out.push((format!("udp {dns} {agent}"), self.dns_udp(family, dns)));
+
         out.push((
             format!("tcp {sni} as the proxy (uid {})", cfg.proxy_uid),
             self.exempt(family, sni),
@@ -219,6 +226,7 @@ impl Prober<'_> {
         let number = match port {
             Port::Sni => self.cfg.sni_port,
             Port::Capture => self.cfg.capture_port,
+            Port::Dns => self.cfg.dns_port,
         };
         match self.tcp(dst, self.agent) {
             Err(e) => Verdict::Fail(Check::Setup, e),
@@ -258,6 +266,24 @@ impl Prober<'_> {
             Err(e) => Verdict::Fail(Check::Setup, e),
             Ok(line) => match UdpOutcome::decode(&line) {
                 Some(o) => judge_udp(dst, &o),
+                None => Verdict::Fail(Check::Setup, format!("probe child printed `{line}`")),
+            },
+        }
+    }
+
+    /// A non-proxy datagram to port 53, which must land on the DNS port.
+    fn dns_udp(&mut self, family: Family, dst: SocketAddr) -> Verdict {
+        let token = next_token(dst.ip());
+        match self.run(ProbeProto::Udp, dst, &token, self.agent) {
+            Err(e) => Verdict::Fail(Check::Setup, e),
+            Ok(line) => match UdpOutcome::decode(&line) {
+                Some(o) => judge_dns_udp(
+                    dst,
+                    self.cfg.dns_port,
+                    &o,
+                    self.listeners.take(&token).as_ref(),
+                    self.listeners.udp_busy(family),
+                ),
                 None => Verdict::Fail(Check::Setup, format!("probe child printed `{line}`")),
             },
         }

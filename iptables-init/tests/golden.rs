@@ -52,27 +52,25 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "default",
-        argv: &["--dns", "10.96.0.10"],
+        argv: &[],
         live: None,
         uninstall: false,
     },
     Case {
         name: "ipv6-off",
-        argv: &["--dns", "10.96.0.10", "--ipv6", "off"],
+        argv: &["--ipv6", "off"],
         live: None,
         uninstall: false,
     },
     Case {
         name: "fence-off",
-        argv: &["--dns", "10.96.0.10", "--fence", "off"],
+        argv: &["--fence", "off"],
         live: None,
         uninstall: false,
     },
     Case {
         name: "custom-ports",
         argv: &[
-            "--dns",
-            "10.96.0.10",
             "--proxy-uid",
             "2000",
             "--sni-ports",
@@ -90,8 +88,6 @@ const CASES: &[Case] = &[
     Case {
         name: "excludes",
         argv: &[
-            "--dns",
-            "10.96.0.10",
             "--exclude-cidr",
             "10.1.2.3/16,198.51.100.7",
             "--exclude-cidr",
@@ -104,36 +100,25 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "rfc1918",
-        argv: &["--dns", "10.96.0.10", "--exclude-rfc1918"],
+        argv: &["--exclude-rfc1918"],
         live: None,
         uninstall: false,
     },
     Case {
-        name: "dns-dual-stack",
-        argv: &[
-            "--dns",
-            "10.96.0.10,fd00:10:96::a",
-            "--dns",
-            "169.254.20.10",
-        ],
-        live: None,
-        uninstall: false,
-    },
-    Case {
-        name: "no-dns",
-        argv: &["--resolv-conf", "/nonexistent/resolv.conf"],
+        name: "dns-port",
+        argv: &["--dns-port", "5353"],
         live: None,
         uninstall: false,
     },
     Case {
         name: "reinstall",
-        argv: &["--dns", "10.96.0.10", "--ipv6", "off"],
+        argv: &["--ipv6", "off"],
         live: Some(LIVE_AFTER_INSTALL),
         uninstall: false,
     },
     Case {
         name: "reinstall-fence-off",
-        argv: &["--dns", "10.96.0.10", "--ipv6", "off", "--fence", "off"],
+        argv: &["--ipv6", "off", "--fence", "off"],
         live: Some(LIVE_AFTER_INSTALL),
         uninstall: false,
     },
@@ -152,7 +137,7 @@ fn render(case: &Case) -> String {
         argv.extend_from_slice(&["--ipv6", "on"]);
     }
     let args = Args::try_parse_from(&argv).unwrap();
-    let cfg = Config::from_args(&args, || true, |p| std::fs::read_to_string(p)).unwrap();
+    let cfg = Config::from_args(&args, || true).unwrap();
     let live = case.live.map(Live::parse);
     let mut out = String::new();
     for family in cfg.families() {

@@ -3,6 +3,7 @@
 //! wrappers around the pure parsers in `gateway::parse` and `money`).
 
 mod capture;
+mod dns;
 mod hosts;
 mod intercept;
 mod tunnel;
@@ -49,6 +50,7 @@ fn compile(src: Source<'_>, raw: &RawPolicy) -> Result<Policy, PolicyError> {
     let tunnel = tunnel::compile(src, &raw.tunnel)?;
     let hosts = hosts::compile(src, &raw.hosts)?;
     let capture = capture::compile(src, &raw.capture)?;
+    let dns = dns::compile(src, &raw.dns)?;
     Ok(Policy {
         origin: src.origin.to_owned(),
         phase,
@@ -59,6 +61,7 @@ fn compile(src: Source<'_>, raw: &RawPolicy) -> Result<Policy, PolicyError> {
         tunnel: tunnel.settings,
         capture,
         gateway: intercept.gateway,
+        dns,
     })
 }
 

@@ -5,7 +5,7 @@
 //! Layout, in the order a policy file passes through it:
 //!
 //! ```text
-//! text → raw (serde, spans) → compile{,/intercept{,/access,/requests,/spend},/tunnel,/hosts,/capture}
+//! text → raw (serde, spans) → compile{,/intercept{,/access,/requests,/spend},/tunnel,/hosts,/capture,/dns}
 //!      → Policy { .., gateway: GatewaySettings } → env (apply_env: the reference's variables)
 //!   shared: host (normalize_host, HostPattern), gateway::parse (pure value parsers),
 //!           money (exact USD), error (PolicyError)
@@ -53,7 +53,7 @@ pub use gateway::{
 };
 pub use host::{HostError, HostList, HostPattern, normalize_host};
 pub use phase::Phase;
-pub use policy::{CaptureSettings, Destination, HostRule, Policy, TunnelSettings};
+pub use policy::{CaptureSettings, Destination, DnsSettings, HostRule, Policy, TunnelSettings};
 
 /// The built-in policy (agent phase, intercept openrouter.ai, nothing else), used without a file.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../examples/default.toml");

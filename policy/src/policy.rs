@@ -55,6 +55,34 @@ pub struct Policy {
     pub capture: CaptureSettings,
     /// The LLM gateway's settings: `[intercept]` beyond `hosts`, plus `apply_env`'s overrides.
     pub gateway: GatewaySettings,
+    /// How tollgate answers the Pod's DNS queries (`[dns]`).
+    pub dns: DnsSettings,
+}
+
+/// `[dns]`: which names tollgate resolves for the agent, through which upstream, within which
+/// bounds. Read per query, so a reload applies to the next query.
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    /// `false`: every name is answered NXDOMAIN locally, nothing is forwarded.
+    pub enabled: bool,
+    /// Names resolved in the agent phase besides the intercepted and tunnel-allowed hosts.
+    pub allow: HostList,
+    /// Resolvers to forward to; empty = the proxy's own resolv.conf `nameserver`s.
+    pub upstream: Vec<std::net::SocketAddr>,
+    /// TTLs relayed to the agent are capped at this.
+    pub max_ttl: Duration,
+    /// Bound on one upstream exchange (per resolver tried).
+    pub upstream_timeout: Duration,
+    /// Queries accepted per second (all clients together); more are dropped and counted.
+    pub queries_per_second: std::num::NonZeroU32,
+    /// Burst above the rate.
+    pub burst: std::num::NonZeroU32,
+    /// Upstream queries in flight at once; more are answered SERVFAIL.
+    pub max_in_flight: std::num::NonZeroU32,
+    /// DNS-over-TCP connections open at once; more are closed at accept.
+    pub max_tcp_connections: std::num::NonZeroU32,
+    /// A DNS-over-TCP connection with no query for this long is closed.
+    pub tcp_idle_timeout: Duration,
 }
 
 /// An address range and, optionally, the only ports it covers.
@@ -144,7 +172,7 @@ impl Policy {
         let hosts = self.hosts.iter().map(|r| r.pattern.to_string()).collect();
         format!(
             "{} (policy version {}): default phase {}; intercept {}; tunnel allow {}; deny {}; \
-             host rules {}; capture allow {}, deny {}; connect timeout {}, idle timeout {}{}.",
+             host rules {}; capture allow {}, deny {}; connect timeout {}, idle timeout {}; {}{}.",
             self.origin,
             crate::compile::SUPPORTED_VERSION,
             self.phase.as_str(),
@@ -156,7 +184,27 @@ impl Policy {
             listing(self.capture.deny.iter().map(ToString::to_string).collect()),
             humantime::format_duration(self.tunnel.connect_timeout),
             humantime::format_duration(self.tunnel.idle_timeout),
+            self.dns_summary(),
             self.gateway_summary(),
+        )
+    }
+
+    /// The `[dns]` part of the summary.
+    fn dns_summary(&self) -> String {
+        let d = &self.dns;
+        if !d.enabled {
+            return "dns off (every name nxdomain)".to_owned();
+        }
+        let upstream = if d.upstream.is_empty() {
+            "resolv.conf".to_owned()
+        } else {
+            let addrs: Vec<String> = d.upstream.iter().map(ToString::to_string).collect();
+            addrs.join(", ")
+        };
+        format!(
+            "dns allow {}, upstream {upstream}, max ttl {}",
+            listing(d.allow.iter().map(ToString::to_string).collect()),
+            humantime::format_duration(d.max_ttl),
         )
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct RawPolicy {
     pub hosts: BTreeMap<String, Spanned<RawHost>>,
     #[serde(default)]
     pub capture: RawCapture,
+    #[serde(default)]
+    pub dns: RawDns,
 }
 
 /// `[intercept]`: hosts whose TLS the LLM gateway terminates, and the gateway's settings.
@@ -199,4 +201,21 @@ pub(crate) struct RawCapture {
 pub(crate) struct RawDestination {
     pub cidr: Spanned<String>,
     pub ports: Option<Vec<Spanned<i64>>>,
+}
+
+/// `[dns]`: tollgate's answers to the Pod's DNS queries. Integers read wide so 0 or -1 get our
+/// message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub enabled: Option<bool>,
+    pub allow: Vec<Spanned<String>>,
+    pub upstream: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_ttl: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub queries_per_second: Option<Spanned<i64>>,
+    pub burst: Option<Spanned<i64>>,
+    pub max_in_flight: Option<Spanned<i64>>,
+    pub max_tcp_connections: Option<Spanned<i64>>,
+    pub tcp_idle_timeout: Option<Spanned<String>>,
 }

@@ -402,6 +402,34 @@ const CASES: &[(&str, usize, usize, &str, &str)] = &[
         "intercept.limits.requests_per_second",
         "expected an integer from 1 to 1000000, found 0",
     ),
+    (
+        "dns-bare-star-allow.toml",
+        4,
+        10,
+        "dns.allow[0]",
+        "a bare \"*\" is not allowed in dns.allow",
+    ),
+    (
+        "dns-empty-upstream.toml",
+        4,
+        12,
+        "dns.upstream",
+        "expected at least one resolver, found an empty list",
+    ),
+    (
+        "dns-bad-upstream.toml",
+        4,
+        30,
+        "dns.upstream[1]",
+        "expected a resolver address such as",
+    ),
+    (
+        "dns-zero-rate.toml",
+        4,
+        22,
+        "dns.queries_per_second",
+        "expected an integer from 1 to 100000, found 0",
+    ),
 ];
 
 fn bad_dir() -> PathBuf {

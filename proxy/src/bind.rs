@@ -34,9 +34,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// What became of one address.
-pub enum Bound {
+pub enum Bound<T = TcpListener> {
     /// Listening.
-    Listener(TcpListener),
+    Listener(T),
     /// A v6 address on a kernel without IPv6 (there is no v6 traffic to capture either).
     NoIpv6,
     /// Shutdown came first.
@@ -51,6 +51,17 @@ pub async fn bind_retrying(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Bound> {
+    bind_retrying_with(addr, listener, metrics, shutdown, bind).await
+}
+
+/// [`bind_retrying`] with another binder (the DNS listener binds UDP and TCP together).
+pub async fn bind_retrying_with<T>(
+    addr: SocketAddr,
+    listener: &'static str,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+    bind: impl Fn(SocketAddr) -> std::io::Result<T>,
+) -> std::io::Result<Bound<T>> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempts: u64 = 0;
     loop {

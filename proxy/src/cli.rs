@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::{DEFAULT_POLICY_TOML, Policy};
 
@@ -83,6 +82,17 @@ struct RunArgs {
     /// Original-destination (capture) listener for every other redirected TCP port; repeatable.
     #[arg(long, env = "TOLLGATE_CAPTURE_LISTEN", value_delimiter = ',', default_values = ["0.0.0.0:15001", "[::]:15001"])]
     capture_listen: Vec<SocketAddr>,
+    /// DNS listener (UDP and TCP) that tollgate-init redirects the Pod's port 53 to; repeatable.
+    #[arg(long, env = "TOLLGATE_DNS_LISTEN", value_delimiter = ',', default_values = ["0.0.0.0:15053", "[::]:15053"])]
+    dns_listen: Vec<SocketAddr>,
+    /// The proxy's resolv.conf: upstream resolvers (unless the policy's [dns] upstream is set)
+    /// and the search domains whose expansions of allowed names are answered locally.
+    #[arg(
+        long,
+        env = "TOLLGATE_DNS_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    dns_resolv_conf: PathBuf,
     /// Read-only usage port (the Python sidecar's): GET /api/v1/usage and /healthz.
     #[arg(long, env = "TOLLGATE_USAGE_LISTEN", default_value = "0.0.0.0:8080")]
     usage_listen: SocketAddr,
@@ -245,7 +255,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     // The admin port first, so that while any other port is still held by someone else,
     // `/readyz` is answered by tollgate itself: "not ready".
-    let Some(admin) = bind_retrying(&[args.admin_listen], "admin", &metrics, &shutdown).await?
+    let Some(admin) = bind_retrying(
+        &[args.admin_listen],
+        "admin",
+        &metrics,
+        &shutdown,
+        bind::bind,
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -270,12 +287,27 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let (listeners, capture, usage) = tokio::join!(
-        bind_retrying(&args.listen, "sni", &metrics, &shutdown),
-        bind_retrying(&args.capture_listen, "capture", &metrics, &shutdown),
-        bind_retrying(&usage_addrs, "usage", &metrics, &shutdown),
+    let (listeners, capture, usage, dns) = tokio::join!(
+        bind_retrying(&args.listen, "sni", &metrics, &shutdown, bind::bind),
+        bind_retrying(
+            &args.capture_listen,
+            "capture",
+            &metrics,
+            &shutdown,
+            bind::bind
+        ),
+        bind_retrying(&usage_addrs, "usage", &metrics, &shutdown, bind::bind),
+        bind_retrying(
+            &args.dns_listen,
+            "dns",
+            &metrics,
+            &shutdown,
+            crate::dns::listener::bind
+        ),
     );
-    let (Some(listeners), Some(capture), Some(usage)) = (listeners?, capture?, usage?) else {
+    let (Some(listeners), Some(capture), Some(usage), Some(dns)) =
+        (listeners?, capture?, usage?, dns?)
+    else {
         return Ok(());
     };
     let settings = Settings {
@@ -301,6 +333,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     server.other_own_ports = admin_ports;
     server.usage = usage.into_iter().next();
     server.gateway = gateway;
+    server.dns = dns;
+    server.resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
     server.run(shutdown).await?;
     Ok(())
 }
@@ -334,15 +368,16 @@ fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
 /// Binds every address of one listener, each retried while another socket holds it (see
 /// [`crate::bind`]); a v6 address on a kernel without IPv6 is skipped. `None` when shutdown came
 /// first; an error (exit 64) for any other bind failure, or when nothing at all could be bound.
-async fn bind_retrying(
+async fn bind_retrying<T>(
     addrs: &[SocketAddr],
     listener: &'static str,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<Vec<TcpListener>>> {
+    binder: impl Fn(SocketAddr) -> std::io::Result<T> + Copy,
+) -> anyhow::Result<Option<Vec<T>>> {
     let mut listeners = Vec::new();
     for addr in addrs {
-        let bound = bind::bind_retrying(*addr, listener, metrics, shutdown)
+        let bound = bind::bind_retrying_with(*addr, listener, metrics, shutdown, binder)
             .await
             .with_context(|| format!("cannot listen on {addr} ({listener})"))?;
         match bound {

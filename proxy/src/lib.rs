@@ -6,6 +6,7 @@
 //! accept → orig_dst → client_hello → route → { tunnel | intercept → enforce → upstream → spend | reject }
 //!            ^ phase, reload feed route the current phase and policy; metrics and admin observe
 //! capture listener: accept → orig_dst → route (by destination) → { tunnel to it | reject }
+//! dns listener: query → dns::decide (name as route would, phase, policy) → { forward | local answer }
 //! ```
 //!
 //! - [`accept`]: listeners, the connection limit, graceful drain; runs one [`connection`] per socket.
@@ -20,6 +21,7 @@
 //! - [`enforce`]: the request policy (endpoint, credentials, fields, models, providers).
 //! - [`upstream`]: the pooled TLS client to the real API, honouring the policy's pins.
 //! - [`spend`]: prices, the worst-case estimate, the budget ledger and its journal.
+//! - [`dns`]: the Pod's DNS: answers locally or forwards a name only if the policy could route it.
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
 //! - [`reload`]: watches the policy file and swaps in each good version.
 //! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
@@ -35,6 +37,7 @@ pub mod bind;
 pub mod cli;
 pub mod client_hello;
 pub mod connection;
+pub mod dns;
 pub mod enforce;
 pub mod intercept;
 pub mod metrics;

@@ -75,6 +75,10 @@ pub struct Metrics {
     pub upstream_ttfb: Histogram,
     /// Listener caps, bind retries and the gateway's body budget (`metrics::bounds`).
     pub bounds: BoundsMetrics,
+    /// DNS queries by result (`crate::dns::decide::Outcome`) and record type (bounded).
+    pub dns_queries: IntCounterVec,
+    /// Time of one forwarded DNS query's upstream exchange.
+    pub dns_upstream_latency: Histogram,
 }
 
 impl Metrics {
@@ -176,10 +180,27 @@ impl Metrics {
                 .buckets(LLM_BUCKETS.to_vec()),
             )
             .expect("static metric definition is valid"),
+            dns_queries: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_dns_queries_total",
+                    "DNS queries by result and record type (names appear only in logs).",
+                ),
+                &["result", "qtype"],
+            )
+            .expect("static metric definition is valid"),
+            dns_upstream_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_dns_upstream_latency_seconds",
+                    "Upstream exchange time of forwarded DNS queries.",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 5.0]),
+            )
+            .expect("static metric definition is valid"),
             bounds: BoundsMetrics::new(),
             registry,
         };
         m.register_all();
+        m.register_dns();
         m.bounds
             .register(&m.registry)
             .expect("each series is registered once, with a unique name");
@@ -211,6 +232,26 @@ impl Metrics {
         for direction in ["upstream", "downstream"] {
             self.tunnel_bytes.with_label_values(&[direction]);
         }
+    }
+
+    /// The DNS stage's series (kept apart from `register_all` so the two lists merge easily).
+    fn register_dns(&self) {
+        for c in [
+            Box::new(self.dns_queries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.dns_upstream_latency.clone()),
+        ] {
+            self.registry
+                .register(c)
+                .expect("each series is registered once, with a unique name");
+        }
+        for qtype in ["A", "AAAA"] {
+            for result in crate::dns::decide::Outcome::ALL {
+                self.dns_queries
+                    .with_label_values(&[result.as_str(), qtype]);
+            }
+        }
+        self.connections_refused
+            .with_label_values(&["dns-tcp-limit"]);
     }
 
     fn register_all(&self) {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::Policy;
 
 use crate::accept::{self, Limits};
 use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
+use crate::dns::{self, Dns, ResolvConf};
 use crate::intercept::gateway::{Capacity, Gateway, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
@@ -77,6 +78,10 @@ pub struct Server {
     /// Ports tollgate serves outside this struct (an admin listener started by the caller),
     /// refused as capture destinations like the others.
     pub other_own_ports: Vec<u16>,
+    /// DNS listeners, UDP and TCP on the same address (`:15053` on both families in production).
+    pub dns: Vec<(UdpSocket, TcpListener)>,
+    /// The proxy's resolv.conf: default upstream resolvers and search domains.
+    pub resolv: ResolvConf,
 }
 
 impl Server {
@@ -102,6 +107,8 @@ impl Server {
             metrics: Metrics::new(),
             ready: Arc::new(Readiness::default()),
             other_own_ports: Vec::new(),
+            dns: Vec::new(),
+            resolv: ResolvConf::default(),
         }
     }
 
@@ -122,6 +129,8 @@ impl Server {
             metrics,
             ready,
             other_own_ports,
+            dns,
+            resolv,
         } = self;
         let sources = settings.phase_sources.clone();
         let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
@@ -185,6 +194,32 @@ impl Server {
                 settings.read_only,
                 background.clone(),
             ));
+        }
+        if !dns.is_empty() {
+            let stage = Arc::new(Dns::new(
+                current.clone(),
+                phase_state.clone(),
+                metrics.clone(),
+                resolv,
+            ));
+            for (udp, tcp) in dns {
+                if let Ok(addr) = udp.local_addr() {
+                    tracing::info!(listener = "dns", addr = %addr, "listening");
+                    own_ports.push(addr.port());
+                }
+                tokio::spawn(dns::listener::serve_udp(
+                    udp,
+                    stage.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(dns::listener::serve_tcp(
+                    tcp,
+                    stage.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
+            }
         }
         let listeners: Vec<(Listener, TcpListener)> = listeners
             .into_iter()

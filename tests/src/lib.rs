@@ -15,6 +15,8 @@
 //! - [`hello`]: ClientHello bytes: a real one from rustls, or hand-made (odd SNI, padded, fragmented).
 //! - [`fake_openrouter`]: the LLM gateway's upstream: OpenRouter's API shapes over TLS (its own
 //!   CA), every request recorded, answers scripted per test (JSON, SSE, errors, cuts, lookups).
+//! - [`fake_dns`]: the Pod's upstream resolver: answers A/AAAA from a table over UDP and TCP and
+//!   records every query it receives (the DNS tests assert what never reached it).
 //! - [`fixture`]: the usual loopback world: CA, upstream, client configs, the standard policy.
 //! - [`gateway`]: the LLM gateway's world: the fake OpenRouter, a policy aiming `openrouter.ai`
 //!   at it, the proxy's CA/spend directories, clients trusting the per-Pod CA, the usage files.
@@ -28,6 +30,7 @@
 #![allow(clippy::unwrap_used)] // test support: a poisoned lock or a broken invariant should just panic
 
 pub mod clients;
+pub mod fake_dns;
 pub mod fake_openrouter;
 pub mod fixture;
 pub mod gateway;

@@ -22,6 +22,15 @@ pub const V6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// IPv6 twin of [`V4_B`].
 pub const V6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
+/// The Pod's end of [`Netns::link_to`].
+pub const POD_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The world's end of [`Netns::link_to`].
+pub const WORLD_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// IPv6 twin of [`POD_V4`].
+pub const POD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// IPv6 twin of [`WORLD_V4`].
+pub const WORLD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static REAPED: std::sync::Once = std::sync::Once::new();
 
@@ -156,6 +165,48 @@ impl Netns {
     /// A listener bound to `addr` inside the namespace.
     pub fn bind_tcp(&self, addr: SocketAddr) -> Result<TcpListener> {
         in_netns(self.path(), move || Ok(TcpListener::bind(addr)?))
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace.
+    pub fn bind_udp(&self, addr: SocketAddr) -> Result<std::net::UdpSocket> {
+        in_netns(self.path(), move || Ok(std::net::UdpSocket::bind(addr)?))
+    }
+
+    /// A veth pair from this namespace (`tgp`, `.1` addresses) to `other` (`tgw`, `.2`
+    /// addresses) on 198.51.100.0/24 and 2001:db8:1::/64, with default routes here through it:
+    /// a Pod and the world outside it.
+    pub fn link_to(&self, other: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            "tgp",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tgw",
+            "netns",
+            &other.name,
+        ])?;
+        for (ns, dev, v4, v6) in [
+            (self, "tgp", POD_V4, POD_V6),
+            (other, "tgw", WORLD_V4, WORLD_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ])?;
+            ns.ip(&["link", "set", dev, "up"])?;
+        }
+        self.ip(&["route", "add", "default", "dev", "tgp"])?;
+        self.ip(&["-6", "route", "add", "default", "dev", "tgp"])?;
+        Ok(())
     }
 
     /// A connection to `addr` made from inside the namespace.

@@ -109,6 +109,8 @@ pub struct ProxyBuilder {
     listen: Vec<String>,
     admin_listen: String,
     capture_listen: Vec<String>,
+    dns_listen: Vec<String>,
+    run_as: Option<u32>,
     policy: Option<PathBuf>,
     labels_file: Option<PathBuf>,
     unlock_file: Option<PathBuf>,
@@ -123,6 +125,8 @@ impl Default for ProxyBuilder {
             listen: Vec::new(),
             admin_listen: "127.0.0.1:0".into(),
             capture_listen: Vec::new(),
+            dns_listen: Vec::new(),
+            run_as: None,
             policy: None,
             labels_file: None,
             unlock_file: None,
@@ -155,6 +159,19 @@ impl ProxyBuilder {
     /// Adds a `--capture-listen ADDR` (default when none: `127.0.0.1:0`, if the binary has the flag).
     pub fn capture_listen(mut self, addr: &str) -> ProxyBuilder {
         self.capture_listen.push(addr.into());
+        self
+    }
+
+    /// Adds a `--dns-listen ADDR` (default when none: `127.0.0.1:0`, if the binary has the flag).
+    pub fn dns_listen(mut self, addr: &str) -> ProxyBuilder {
+        self.dns_listen.push(addr.into());
+        self
+    }
+
+    /// Runs the proxy as `uid` (and the same gid) through `setpriv`, as in a Pod where
+    /// tollgate-init exempts the proxy's UID; its temp dir is opened to that user.
+    pub fn run_as(mut self, uid: u32) -> ProxyBuilder {
+        self.run_as = Some(uid);
         self
     }
 
@@ -215,10 +232,32 @@ impl ProxyBuilder {
         };
 
         let bin = tollgate_bin();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
+        // `ip netns exec NS` and `setpriv ...` each exec the next word, so the pid stays the proxy's.
+        let mut prefix: Vec<OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            prefix.extend(["ip", "netns", "exec", ns.as_str()].map(OsString::from));
+        }
+        if let Some(uid) = self.run_as {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+            let id = uid.to_string();
+            prefix.extend(
+                [
+                    "setpriv",
+                    "--reuid",
+                    &id,
+                    "--regid",
+                    &id,
+                    "--clear-groups",
+                    "--",
+                ]
+                .map(OsString::from),
+            );
+        }
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
                 c
             }
             None => Command::new(&bin),
@@ -234,6 +273,14 @@ impl ProxyBuilder {
         };
         for l in &capture {
             cmd.arg("--capture-listen").arg(l);
+        }
+        let dns = if self.dns_listen.is_empty() && supports_flag("--dns-listen") {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            self.dns_listen
+        };
+        for l in &dns {
+            cmd.arg("--dns-listen").arg(l);
         }
         if let Some(p) = &self.policy {
             cmd.arg("--policy").arg(p);
@@ -291,6 +338,7 @@ impl ProxyBuilder {
             stdout,
             sni_addrs: Vec::new(),
             capture_addrs: Vec::new(),
+            dns_addrs: Vec::new(),
             admin_addr: None,
             netns: self.netns,
             labels_file,
@@ -336,6 +384,7 @@ pub struct Proxy {
     stdout: Arc<Mutex<Vec<String>>>,
     sni_addrs: Vec<SocketAddr>,
     capture_addrs: Vec<SocketAddr>,
+    dns_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     netns: Option<String>,
     labels_file: PathBuf,
@@ -362,6 +411,7 @@ impl Proxy {
         loop {
             let mut sni = Vec::new();
             let mut capture = Vec::new();
+            let mut dns = Vec::new();
             let mut admin = None;
             for v in self.json_lines() {
                 if v["message"] != "listening" {
@@ -377,12 +427,14 @@ impl Proxy {
                     Some("sni") => sni.push(addr),
                     Some("admin") => admin = Some(addr),
                     Some("capture") => capture.push(addr),
+                    Some("dns") => dns.push(addr),
                     _ => {}
                 }
             }
             if sni.len() >= sni_count && admin.is_some() {
                 self.sni_addrs = sni;
                 self.capture_addrs = capture;
+                self.dns_addrs = dns;
                 self.admin_addr = admin;
                 return Ok(());
             }
@@ -415,6 +467,11 @@ impl Proxy {
     /// The capture (original-destination) listeners' addresses, if the binary has them.
     pub fn capture_addrs(&self) -> &[SocketAddr] {
         &self.capture_addrs
+    }
+
+    /// The DNS listeners' addresses (UDP and TCP share each), if the binary has them.
+    pub fn dns_addrs(&self) -> &[SocketAddr] {
+        &self.dns_addrs
     }
 
     /// The admin listener's address.

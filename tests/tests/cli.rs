@@ -159,6 +159,11 @@ async fn refuses_to_start_on_a_bad_policy_with_exit_64() {
                 &[]
             },
         )
+        .args(if tollgate_tests::proxy::supports_flag("--dns-listen") {
+            &["--dns-listen", "127.0.0.1:0"][..]
+        } else {
+            &[]
+        })
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -144,6 +144,8 @@ impl Tollgate {
                 "127.0.0.1:0",
                 "--usage-listen",
                 "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
             ])
             .arg("--certs-dir")
             .arg(&certs)

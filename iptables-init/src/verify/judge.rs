@@ -24,11 +24,13 @@ pub enum Check {
     Udp,
     /// The installed rules differ from this configuration's.
     Rules,
+    /// UDP or TCP to port 53 was not redirected to the DNS port.
+    DnsRedirect,
 }
 
 impl Check {
     /// Every check, in exit-code order.
-    pub const ALL: [Check; 7] = [
+    pub const ALL: [Check; 8] = [
         Check::Setup,
         Check::SniRedirect,
         Check::OriginalDst,
@@ -36,6 +38,7 @@ impl Check {
         Check::ProxyExemption,
         Check::Udp,
         Check::Rules,
+        Check::DnsRedirect,
     ];
 
     /// Added to the family's base exit code.
@@ -48,6 +51,7 @@ impl Check {
             Check::ProxyExemption => 4,
             Check::Udp => 5,
             Check::Rules => 6,
+            Check::DnsRedirect => 7,
         }
     }
 }
@@ -62,6 +66,7 @@ impl fmt::Display for Check {
             Check::ProxyExemption => "proxy-exemption",
             Check::Udp => "udp-fence",
             Check::Rules => "installed-rules",
+            Check::DnsRedirect => "dns-redirect",
         })
     }
 }
@@ -95,6 +100,7 @@ pub fn judge_redirect(
     let check = match port {
         Port::Sni => Check::SniRedirect,
         Port::Capture => Check::CaptureRedirect,
+        Port::Dns => Check::DnsRedirect,
     };
     if let TcpOutcome::NoRoute(e) = outcome {
         return no_route(dst, e);
@@ -184,6 +190,32 @@ pub fn judge_udp(dst: SocketAddr, outcome: &UdpOutcome) -> Verdict {
         UdpOutcome::Failed(e) => Verdict::Fail(
             Check::Udp,
             format!("send failed with {e}, want EPERM from the fence"),
+        ),
+    }
+}
+
+/// Judges the UDP/53 probe, which must land on the DNS port (`busy`: that port is served by the
+/// running proxy, whose answer the probe does not wait for).
+pub fn judge_dns_udp(
+    dst: SocketAddr,
+    port_number: u16,
+    outcome: &UdpOutcome,
+    arrival: Option<&Arrival>,
+    busy: bool,
+) -> Verdict {
+    if let UdpOutcome::NoRoute(e) = outcome {
+        return no_route(dst, e);
+    }
+    match (arrival, outcome) {
+        (Some(a), _) if a.port == Port::Dns => {
+            Verdict::Pass(format!("redirected to :{port_number}"))
+        }
+        (None, UdpOutcome::Sent) if busy => Verdict::Skip(format!(
+            "sent, and :{port_number} is served by the running proxy: a live UDP probe cannot tell a              redirected datagram from one that left; the rules are checked by `installed rules`"
+        )),
+        (_, o) => Verdict::Fail(
+            Check::DnsRedirect,
+            format!("a datagram to {dst} did not reach :{port_number}: {o}"),
         ),
     }
 }

@@ -1,4 +1,5 @@
-//! The self-test's token listeners on the SNI and capture ports, both families, standing in
+//! The self-test's token listeners on the SNI, capture and DNS ports (DNS: TCP and UDP), both
+//! families, standing in
 //! for the proxy (which is not running yet while the init container runs).
 //!
 //! A port that is already taken (the proxy is up: `tollgate-init verify` in a running Pod) is
@@ -6,7 +7,7 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{
-    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
 };
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub enum Port {
     Sni,
     /// `--capture-port`.
     Capture,
+    /// `--dns-port` (TCP and UDP).
+    Dns,
 }
 
 impl std::fmt::Display for Port {
@@ -30,6 +33,7 @@ impl std::fmt::Display for Port {
         f.write_str(match self {
             Port::Sni => "SNI",
             Port::Capture => "capture",
+            Port::Dns => "DNS",
         })
     }
 }
@@ -55,6 +59,8 @@ enum Slot {
 /// The token listeners.
 pub struct Listeners {
     slots: Vec<(Port, Family, Slot)>,
+    /// UDP token sockets on the DNS port; `None`: taken (the proxy is running).
+    udp: Vec<(Family, Option<UdpSocket>)>,
     arrivals: Vec<Arrival>,
 }
 
@@ -64,11 +70,27 @@ impl Listeners {
     pub fn bind(
         sni_port: u16,
         capture_port: u16,
+        dns_port: u16,
         families: &[Family],
     ) -> Result<Listeners, (Family, String)> {
         let mut slots = Vec::new();
+        let mut udp = Vec::new();
         for &family in families {
-            for (port, number) in [(Port::Sni, sni_port), (Port::Capture, capture_port)] {
+            match listen_udp(family, dns_port) {
+                Ok(s) => udp.push((family, Some(s))),
+                Err(e) if e.kind() == ErrorKind::AddrInUse => udp.push((family, None)),
+                Err(e) => {
+                    return Err((
+                        family,
+                        format!("cannot listen on the DNS port {dns_port} (udp): {e}"),
+                    ));
+                }
+            }
+            for (port, number) in [
+                (Port::Sni, sni_port),
+                (Port::Capture, capture_port),
+                (Port::Dns, dns_port),
+            ] {
                 let slot = match listen(family, number) {
                     Ok(l) => Slot::Token(l),
                     Err(e) if e.kind() == ErrorKind::AddrInUse => {
@@ -86,8 +108,14 @@ impl Listeners {
         }
         Ok(Listeners {
             slots,
+            udp,
             arrivals: Vec::new(),
         })
+    }
+
+    /// Whether the UDP DNS port was taken in `family`.
+    pub fn udp_busy(&self, family: Family) -> bool {
+        self.udp.iter().any(|(f, s)| *f == family && s.is_none())
     }
 
     /// `Some(owner)` when `port` was taken in `family` (owner UID if known).
@@ -100,6 +128,17 @@ impl Listeners {
 
     /// Accepts whatever is pending on every listener and records it.
     pub fn sweep(&mut self) {
+        let mut datagram = [0u8; 512];
+        for socket in self.udp.iter().filter_map(|(_, s)| s.as_ref()) {
+            while let Ok(n) = socket.recv(&mut datagram) {
+                let text = String::from_utf8_lossy(&datagram[..n]);
+                self.arrivals.push(Arrival {
+                    port: Port::Dns,
+                    token: text.lines().next().unwrap_or_default().to_string(),
+                    orig_dst: None,
+                });
+            }
+        }
         for (port, family, slot) in &self.slots {
             let Slot::Token(listener) = slot else {
                 continue;
@@ -141,6 +180,20 @@ fn listen(family: Family, port: u16) -> std::io::Result<TcpListener> {
     sock.set_reuse_address(true)?;
     sock.bind(&addr.into())?;
     sock.listen(64)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+fn listen_udp(family: Family, port: u16) -> std::io::Result<UdpSocket> {
+    let addr = match family {
+        Family::V4 => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        Family::V6 => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    };
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if family == Family::V6 {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
 }

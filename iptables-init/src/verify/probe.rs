@@ -148,7 +148,7 @@ pub fn child_main(args: &ProbeArgs) -> u8 {
             Duration::from_millis(args.timeout_ms),
         )
         .encode(),
-        ProbeProto::Udp => udp(args.connect).encode(),
+        ProbeProto::Udp => udp(args.connect, &args.token).encode(),
     };
     println!("{line}");
     0
@@ -221,8 +221,9 @@ fn wait_connected(sock: &Socket, timeout: Duration) -> Result<Option<TcpOutcome>
 }
 
 /// One datagram on a connected UDP socket: netfilter's REJECT or DROP in OUTPUT makes `send`
-/// fail with EPERM at once.
-pub fn udp(addr: SocketAddr) -> UdpOutcome {
+/// fail with EPERM at once. A non-empty `token` is the datagram's first line, so a token
+/// listener (the DNS port) can tell this datagram from any other.
+pub fn udp(addr: SocketAddr, token: &str) -> UdpOutcome {
     let sock = match Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)) {
         Ok(s) => s,
         Err(e) => return UdpOutcome::Failed(format!("socket: {}", describe(&e))),
@@ -235,7 +236,12 @@ pub fn udp(addr: SocketAddr) -> UdpOutcome {
     if let Err(e) = sock.connect(&addr.into()) {
         return classify(e);
     }
-    match sock.send(b"tollgate-init self-test\n") {
+    let text = if token.is_empty() {
+        "tollgate-init self-test\n".to_string()
+    } else {
+        format!("{token}\n")
+    };
+    match sock.send(text.as_bytes()) {
         Ok(_) => UdpOutcome::Sent,
         Err(e) => classify(e),
     }

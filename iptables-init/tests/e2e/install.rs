@@ -1,7 +1,7 @@
 //! install → verify → install again → uninstall, on both backends, around other tools' rules;
 //! dry runs; backend detection; every self-test failure code; the privilege and binary errors.
 
-use crate::netns::{DNS, Netns, normalise, require_root, sock};
+use crate::netns::{Netns, normalise, require_root, sock};
 
 /// Rules another tool (a CNI, an operator) put there before us; they must survive everything.
 fn foreign_rules(ns: &Netns, backend: &str) {
@@ -32,7 +32,7 @@ fn lifecycle(backend: &str, flag: &str) {
     let ns = Netns::new();
     foreign_rules(&ns, backend);
     let before = saves(&ns, backend);
-    let args = ["--dns", DNS, "--backend", flag];
+    let args = ["--backend", flag];
 
     let first = ns.init_ok(&args);
     assert!(
@@ -45,8 +45,8 @@ fn lifecycle(backend: &str, flag: &str) {
     );
     assert_eq!(
         first.stdout.matches(": ok ").count(),
-        10,
-        "5 checks × 2 families: {first}"
+        14,
+        "7 checks × 2 families: {first}"
     );
     assert!(
         !first.stdout.contains("FAIL") && !first.stdout.contains("skip"),
@@ -81,7 +81,7 @@ fn lifecycle(backend: &str, flag: &str) {
         "a second install changed the tables"
     );
 
-    let verified = ns.init_ok(&["verify", "--dns", DNS, "--backend", flag]);
+    let verified = ns.init_ok(&["verify", "--backend", flag]);
     assert!(verified.stdout.contains("verified"), "{verified}");
 
     let removed = ns.init_ok(&["uninstall", "--backend", flag]);
@@ -129,7 +129,7 @@ fn auto_joins_legacy_when_legacy_rules_exist() {
         "-j",
         "ACCEPT",
     ]);
-    let r = ns.init_ok(&["--dns", DNS]);
+    let r = ns.init_ok(&[]);
     assert!(
         r.stdout
             .contains("backend legacy (auto: 1 legacy rule(s) already present)"),
@@ -160,7 +160,7 @@ fn dry_run_prints_and_applies_nothing() {
         .join("\n")
     };
     let before = all(&ns);
-    let r = ns.init_ok(&["--dry-run", "--dns", DNS]);
+    let r = ns.init_ok(&["--dry-run"]);
     for want in [
         "nothing is applied",
         "*nat",
@@ -174,9 +174,9 @@ fn dry_run_prints_and_applies_nothing() {
     assert_eq!(all(&ns), before, "--dry-run changed the rules");
 
     // Over an installed set, the dry run shows the replacement of the existing jumps.
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
     let installed = all(&ns);
-    let r = ns.init_ok(&["--dry-run", "--dns", DNS]);
+    let r = ns.init_ok(&["--dry-run"]);
     assert!(r.stdout.contains("-D OUTPUT 1\n-I OUTPUT 1"), "{r}");
     let u = ns.init_ok(&["uninstall", "--dry-run"]);
     assert!(u.stdout.contains("-X TOLLGATE_FENCE"), "{u}");
@@ -189,7 +189,7 @@ fn verify_names_each_failure_with_its_exit_code() {
         return;
     }
     let ns = Netns::new();
-    let verify = ["verify", "--dns", DNS];
+    let verify = ["verify"];
     // Nothing installed: the first probe fails.
     assert_eq!(ns.init(&verify).code, 21, "{}", ns.init(&verify));
 
@@ -275,9 +275,44 @@ fn verify_names_each_failure_with_its_exit_code() {
             ],
             31,
         ),
+        // DNS escapes the redirect: UDP/53 then meets the fence (27), TCP/53 the capture port.
+        (
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-I",
+                "TOLLGATE_OUTPUT",
+                "1",
+                "-p",
+                "udp",
+                "--dport",
+                "53",
+                "-j",
+                "RETURN",
+            ],
+            27,
+        ),
+        (
+            &[
+                "ip6tables",
+                "-t",
+                "nat",
+                "-I",
+                "TOLLGATE_OUTPUT",
+                "1",
+                "-p",
+                "tcp",
+                "--dport",
+                "53",
+                "-j",
+                "RETURN",
+            ],
+            37,
+        ),
     ];
     for (tamper, code) in cases {
-        ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+        ns.init_ok(&["--self-test", "off"]);
         ns.init_ok(&verify);
         ns.ok(tamper);
         let r = ns.init(&verify);
@@ -286,14 +321,14 @@ fn verify_names_each_failure_with_its_exit_code() {
     }
 
     // The proxy exemption: remove the UID rule (the only one by owner).
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
     ns.ok(&["iptables", "-t", "nat", "-D", "TOLLGATE_OUTPUT", "1"]);
     let r = ns.init(&verify);
     assert_eq!(r.code, 24, "{r}");
     assert!(r.stdout.contains("loop back"), "{r}");
 
     // And a re-install repairs all of it.
-    ns.init_ok(&["--dns", DNS]);
+    ns.init_ok(&[]);
 }
 
 #[test]
@@ -302,20 +337,31 @@ fn verify_probes_a_running_proxy_live() {
         return;
     }
     let ns = Netns::new();
-    ns.init_ok(&["--dns", DNS]);
+    ns.init_ok(&[]);
     // Stand-ins for the running proxy: the ports are taken, so verify cannot bind them.
     let any4 = std::net::Ipv4Addr::UNSPECIFIED;
     let any6 = std::net::Ipv6Addr::UNSPECIFIED;
     let _held = [
         ns.bind(sock(any4, 15443)),
         ns.bind(sock(any4, 15001)),
+        ns.bind(sock(any4, 15053)),
         ns.bind(sock(any6, 15443)),
         ns.bind(sock(any6, 15001)),
+        ns.bind(sock(any6, 15053)),
     ];
-    let r = ns.init_ok(&["verify", "--dns", DNS]);
+    let _held_udp = [
+        ns.bind_udp(sock(any4, 15053)),
+        ns.bind_udp(sock(any6, 15053)),
+    ];
+    let r = ns.init_ok(&["verify"]);
     assert_eq!(
         r.stdout.matches("accepted by the running listener").count(),
-        4,
+        6,
+        "{r}"
+    );
+    assert_eq!(
+        r.stdout.matches("a live UDP probe cannot tell").count(),
+        2,
         "{r}"
     );
     assert!(r.stdout.contains("(uid 0); live probe"), "{r}");
@@ -336,7 +382,6 @@ fn runs_with_only_the_init_container_capabilities() {
             "--",
         ])
         .arg(crate::netns::binary())
-        .args(["--dns", DNS])
         .output()
         .unwrap()
         .into();
@@ -370,7 +415,6 @@ fn refuses_without_privileges_or_binaries() {
             "--",
         ])
         .arg(crate::netns::binary())
-        .args(["--dns", DNS])
         .output()
         .unwrap()
         .into();
@@ -385,7 +429,6 @@ fn refuses_without_privileges_or_binaries() {
         .cmd("env")
         .arg("PATH=/nonexistent")
         .arg(crate::netns::binary())
-        .args(["--dns", DNS])
         .output()
         .unwrap()
         .into();
@@ -422,7 +465,6 @@ fn ipv6_failure_is_fatal_and_named() {
         .cmd("env")
         .arg(format!("PATH={}", dir.path().display()))
         .arg(crate::netns::binary())
-        .args(["--dns", DNS])
         .output()
         .unwrap()
         .into();
@@ -439,14 +481,14 @@ fn no_route_is_reported_as_skipped_not_passed() {
         return;
     }
     let ns = Netns::bare();
-    let r = ns.init_ok(&["--dns", DNS]);
-    assert_eq!(r.stdout.matches("skip").count(), 8, "{r}");
+    let r = ns.init_ok(&[]);
+    assert_eq!(r.stdout.matches("skip").count(), 12, "{r}");
     assert!(
         r.stdout.contains("no route to 192.0.2.1:443 (ENETUNREACH"),
         "{r}"
     );
     assert!(
-        r.stderr.contains("IPv4: 4 self-test check(s) skipped"),
+        r.stderr.contains("IPv4: 6 self-test check(s) skipped"),
         "{r}"
     );
 }

@@ -21,8 +21,6 @@ pub const V4_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const V6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// IPv6 twin of [`V4_B`].
 pub const V6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-/// A resolver address for `--dns`, so no test depends on the host's resolv.conf.
-pub const DNS: &str = "192.0.2.53";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static REAPED: std::sync::Once = std::sync::Once::new();
@@ -253,6 +251,28 @@ impl Netns {
             sock.bind(&addr.into()).unwrap();
             sock.listen(64).unwrap();
             TcpListener::from(sock)
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace (v6-only for IPv6).
+    pub fn bind_udp(&self, addr: SocketAddr) -> std::net::UdpSocket {
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let f = File::open(&path).unwrap();
+            setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                None,
+            )
+            .unwrap();
+            if addr.is_ipv6() {
+                sock.set_only_v6(true).unwrap();
+            }
+            sock.bind(&addr.into()).unwrap();
+            std::net::UdpSocket::from(sock)
         })
         .join()
         .unwrap()

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::netns::{DNS, Netns, Run, V4_B, V6_B, binary, copy_for_everyone, require_root, sock};
+use crate::netns::{Netns, Run, V4_B, V6_B, binary, copy_for_everyone, require_root, sock};
 
 const AGENT: [&str; 7] = [
     "setpriv",
@@ -128,7 +128,7 @@ impl Pod {
         ns.ok(&["ip", "-6", "route", "add", "default", "dev", "tgb"]);
 
         // 1. The init container, before the proxy exists: install and self-test.
-        let init = ns.init_ok(&["--dns", DNS]);
+        let init = ns.init_ok(&[]);
         assert!(
             init.stdout.contains("installed and self-tested") && !init.stdout.contains("skip"),
             "{init}"
@@ -412,7 +412,7 @@ fn whole_pod_agent_reaches_only_what_the_policy_allows() {
     );
 
     // The installed rules are still exactly right while the proxy runs (verify probes it live).
-    let v = pod.ns.init_ok(&["verify", "--dns", DNS]);
+    let v = pod.ns.init_ok(&["verify"]);
     assert!(
         v.stdout
             .contains("accepted by the running listener on :15443 (uid 1337)"),

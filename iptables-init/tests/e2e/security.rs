@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
-use crate::netns::{DNS, Netns, Run, V4_A, binary, require_root, sock};
+use crate::netns::{Netns, Run, V4_A, binary, require_root, sock};
 
 const ESCAPE_ENV: &str = "TOLLGATE_INIT_ESCAPE";
 
@@ -98,7 +98,7 @@ fn setuid_cannot_escape_the_redirect() {
         return;
     }
     let ns = Netns::new();
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
     let listener = ns.bind(sock(Ipv4Addr::UNSPECIFIED, 15443));
 
     // The agent container: capabilities dropped, no_new_privs.
@@ -142,7 +142,7 @@ fn the_proxy_group_is_not_exempt() {
         return;
     }
     let ns = Netns::new();
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
     let listener = ns.bind(sock(Ipv4Addr::UNSPECIFIED, 15443));
 
     // An agent image with `USER 1000:1337`, then one whose user is only a member of group 1337
@@ -191,7 +191,6 @@ fn an_init_container_in_the_proxy_group_refuses_to_install() {
         .cmd("setpriv")
         .args(["--groups", "1337", "--"])
         .arg(binary())
-        .args(["--dns", DNS])
         .output()
         .unwrap()
         .into();
@@ -202,5 +201,5 @@ fn an_init_container_in_the_proxy_group_refuses_to_install() {
         "nothing installed: {r}"
     );
     // The same binary without the group installs.
-    ns.init_ok(&["--dns", DNS, "--self-test", "off"]);
+    ns.init_ok(&["--self-test", "off"]);
 }

@@ -152,7 +152,7 @@ fn summary_names_origin_version_phase_and_patterns() {
         s,
         "/etc/tollgate/policy.toml (policy version 1): default phase agent; intercept none; \
          tunnel allow 7 (a.test, *.b.test, c.test, d.test, e.test, +2 more); deny none; \
-         host rules 1 (a.test); capture allow none, deny none; connect timeout 5s, idle timeout 10m."
+         host rules 1 (a.test); capture allow none, deny none; connect timeout 5s, idle timeout 10m; dns allow none, upstream resolv.conf, max ttl 1m."
     );
 }
 
