@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - `cli`: clap flags, turned into a `TaskSpec`; exit codes (64 bad flags, 75 wait timed out).
-//! - `spec`: the validated inputs (ids, image reference, micro-USD budget, quantities).
+//! - `spec`: the validated inputs (ids, image reference, micro-USD budget via
+//!   `tollgate_policy::money`, quantities).
 //! - `render`: typed k8s-openapi objects; offline; golden-tested.
 //! - `registry`: `HEAD /v2/<name>/manifests/<tag>` to skip the Kaniko build of a known image.
 //! - `submit`: ConfigMap (for `--policy-file`), Pod, then the Pod made owner of the ConfigMap.

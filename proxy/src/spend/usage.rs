@@ -139,8 +139,10 @@ fn total_cost(cost: Option<&Value>, byok: bool, upstream: Option<&Value>) -> Opt
 /// ledger never charges less than the bill).
 fn usd(v: &Value) -> Option<Micros> {
     match v {
-        Value::Number(n) => Micros::from_json_number(n, Rounding::Up).ok(),
-        Value::String(s) => Micros::parse_usd_rounded(s.trim(), Rounding::Up).ok(),
+        // serde_json keeps a float as f64; its shortest rendering is the provider's literal
+        // whenever that has at most 15 significant digits, and that decimal text is parsed.
+        Value::Number(n) => Micros::parse_upstream(&n.to_string(), Rounding::Up).ok(),
+        Value::String(s) => Micros::parse_upstream(s.trim(), Rounding::Up).ok(),
         _ => None,
     }
 }
