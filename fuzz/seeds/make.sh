@@ -4,6 +4,7 @@
 #                  with the target's chunking header: pushed byte by byte, and in 65/256-byte
 #                  pieces; plus curl's hello re-framed as 1-byte TLS records.
 #   policy_parse/  the example policies and the one-error-each bad policies of the policy crate.
+#   (money/ is hand-written and left alone: real upstream price strings and operator amounts.)
 # Re-run after re-capturing fixtures or adding policy examples: bash fuzz/seeds/make.sh
 set -euo pipefail
 cd "$(dirname "$0")"
