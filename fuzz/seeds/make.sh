@@ -6,6 +6,7 @@
 #   policy_parse/  the example policies and the one-error-each bad policies of the policy crate.
 #   dns_query/     a phase byte and a DNS query: allowed, refused, search expansion, TXT, HTTPS,
 #                  two questions, EDNS (the DNS tests' cases).
+#   (money/ is hand-written and left alone: real upstream price strings and operator amounts.)
 # Re-run after re-capturing fixtures or adding policy examples: bash fuzz/seeds/make.sh
 set -euo pipefail
 cd "$(dirname "$0")"

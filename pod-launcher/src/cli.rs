@@ -180,7 +180,7 @@ pub struct TaskArgs {
     /// A policy file, checked here and shipped as a ConfigMap owned by the Pod.
     #[arg(long)]
     pub policy_file: Option<PathBuf>,
-    /// Budget in USD for the proxy's MAX_COST_USD (decimal, up to 6 places).
+    /// Budget in USD for the proxy's MAX_COST_USD: a plain decimal, up to 6 places, at most 1000000.
     #[arg(long)]
     pub budget_usd: Option<String>,
     /// Agent CPU (requests = limits), e.g. 2 or 500m.
@@ -345,11 +345,7 @@ impl TaskArgs {
             },
             task,
             policy,
-            budget: self
-                .budget_usd
-                .as_deref()
-                .map(spec::MicroUsd::parse)
-                .transpose()?,
+            budget: self.budget_usd.as_deref().map(spec::budget).transpose()?,
             agent_resources: Resources {
                 cpu: Some(spec::quantity("--cpu", &self.cpu)?),
                 memory: Some(spec::quantity("--memory", &self.memory)?),

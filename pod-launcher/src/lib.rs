@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - `cli`: clap flags, turned into a `TaskSpec`; exit codes (64 bad flags, 75 wait timed out).
-//! - `spec`: the validated inputs (ids, image reference, micro-USD budget, quantities).
+//! - `spec`: the validated inputs (ids, image reference, micro-USD budget via
+//!   `tollgate_policy::money`, quantities).
 //! - `mounts`: `--proxy-secret`/`--proxy-file`, extra files for the proxy container only.
 //! - `render`: typed k8s-openapi objects; offline; golden-tested.
 //! - `admit`: no container but the proxy can act as UID/GID 1337 (submit, `check-pod`).

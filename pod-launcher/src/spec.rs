@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use tollgate_policy::money::{Micros, MoneyError};
+
 /// Why a launcher input was refused (exit code 64).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -22,11 +24,15 @@ pub enum SpecError {
     /// Not 64 hexadecimal digits.
     #[error("archive sha256 {0:?}: expected 64 hexadecimal digits")]
     Sha256(String),
-    /// A budget that is not a non-negative decimal with at most 6 decimals.
-    #[error(
-        "budget {0:?}: expected a non-negative decimal in USD with at most 6 decimals, e.g. 2.50"
-    )]
-    Budget(String),
+    /// A budget the proxy would refuse as `MAX_COST_USD`: the same grammar, checked here so a
+    /// typo fails the launch instead of crash-looping the Pod.
+    #[error("budget {value:?}: {reason}")]
+    Budget {
+        /// The value given.
+        value: String,
+        /// Why `tollgate_policy::money` refused it.
+        reason: MoneyError,
+    },
     /// A resource quantity Kubernetes would refuse.
     #[error("{key} {value:?}: expected a Kubernetes quantity such as 500m, 2, 1Gi")]
     Quantity {
@@ -230,46 +236,14 @@ impl Sha256Hex {
     }
 }
 
-/// Money as integer micro-USD (never f64).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MicroUsd(pub u64);
-
-impl MicroUsd {
-    /// Parses `12`, `2.5`, `0.000001`; refuses signs, exponents and more than 6 decimals.
-    pub fn parse(s: &str) -> Result<MicroUsd, SpecError> {
-        let err = || SpecError::Budget(s.to_owned());
-        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 6 {
-            return Err(err());
-        }
-        if s.ends_with('.') {
-            return Err(err());
-        }
-        let whole: u64 = whole.parse().map_err(|_| err())?;
-        let mut frac_micro: u64 = 0;
-        for (i, b) in frac.bytes().enumerate() {
-            frac_micro += u64::from(b - b'0') * 10u64.pow(5 - i as u32);
-        }
-        whole
-            .checked_mul(1_000_000)
-            .and_then(|w| w.checked_add(frac_micro))
-            .map(MicroUsd)
-            .ok_or_else(err)
-    }
-}
-
-impl fmt::Display for MicroUsd {
-    /// Shortest decimal: `2.5`, `10`, `0.000001`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.0 / 1_000_000;
-        let frac = self.0 % 1_000_000;
-        if frac == 0 {
-            return write!(f, "{whole}");
-        }
-        let frac = format!("{frac:06}");
-        write!(f, "{whole}.{}", frac.trim_end_matches('0'))
-    }
+/// A budget for the proxy's `MAX_COST_USD`, read as the proxy reads it (an operator's amount:
+/// a plain decimal, exact to the micro-USD, at most 1000000 USD); its `Display` is what the
+/// proxy reads back.
+pub fn budget(s: &str) -> Result<Micros, SpecError> {
+    Micros::parse_usd(s).map_err(|reason| SpecError::Budget {
+        value: s.to_owned(),
+        reason,
+    })
 }
 
 /// Checks a Kubernetes quantity: a decimal number and an optional suffix.
@@ -453,7 +427,7 @@ pub struct TaskSpec {
     /// The policy.
     pub policy: PolicySource,
     /// Budget for MAX_COST_USD; None leaves the policy's.
-    pub budget: Option<MicroUsd>,
+    pub budget: Option<Micros>,
     /// The agent container's resources.
     pub agent_resources: Resources,
     /// The Kaniko container's resources.

@@ -218,13 +218,14 @@ pub(crate) fn article(type_name: &str) -> String {
     format!("{} {type_name}", if an { "an" } else { "a" })
 }
 
-/// An amount of USD (string or number) through one of the `money` parsers.
-pub(crate) fn usd(
+/// An amount of USD (string or number) through one of the `money` parsers for operators'
+/// amounts (`Micros::parse_usd`, `UnitPrice::parse_usd`).
+pub(crate) fn usd<T>(
     src: Source<'_>,
     key: &str,
     value: &Spanned<toml::Value>,
-    parse: fn(&str) -> Result<u64, crate::money::MoneyError>,
-) -> Result<u64, PolicyError> {
+    parse: fn(&str) -> Result<T, crate::money::MoneyError>,
+) -> Result<T, PolicyError> {
     let text = number_text(src, key, value, "an amount in usd such as \"5.00\"")?;
     parse(&text).map_err(|e| src.error(value.span(), key, format!("{e}, found {text:?}")))
 }

@@ -8,7 +8,7 @@
 
 use crate::error::PolicyError;
 use crate::gateway::{GatewaySettings, KeySource, ModelPattern, parse};
-use crate::money;
+use crate::money::Micros;
 use crate::policy::Policy;
 
 /// Applies one variable's (trimmed, non-empty) value; the message says what was expected.
@@ -17,7 +17,7 @@ type Apply = fn(&mut GatewaySettings, &str) -> Result<(), String>;
 /// Each variable and what it does, in the order they are applied.
 const OVERRIDES: [(&str, Apply); 10] = [
     ("MAX_COST_USD", |g, v| {
-        let micros = money::usd_to_micros(v).map_err(|e| format!("{e}, found {v:?}"))?;
+        let micros = Micros::parse_usd(v).map_err(|e| format!("{e}, found {v:?}"))?;
         g.budget.max_cost_micros = Some(micros);
         Ok(())
     }),

@@ -12,6 +12,8 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::money::{Micros, UnitPrice};
+
 pub use endpoint::{Endpoint, EndpointSet};
 pub use models::{AliasKind, ModelDenied, ModelPattern, ModelPolicy};
 
@@ -229,7 +231,7 @@ impl Default for FieldAllowlists {
 pub struct BudgetSettings {
     /// The budget in micro-USD. `None` (no `max_cost_usd`, no `MAX_COST_USD`) means no money may
     /// be spent: every request with a cost is refused, as with a budget of 0.
-    pub max_cost_micros: Option<u64>,
+    pub max_cost_micros: Option<Micros>,
     /// The HTTP status of a budget refusal: 429 (default, the reference's) or 402.
     pub refusal_status: u16,
     /// A request is refused unless at least this many completion tokens fit the remaining budget
@@ -242,9 +244,9 @@ pub struct BudgetSettings {
 }
 
 impl BudgetSettings {
-    /// The spendable amount in micro-USD: the budget, or 0 without one (fail closed).
-    pub fn limit_micros(&self) -> u64 {
-        self.max_cost_micros.unwrap_or(0)
+    /// The spendable amount: the budget, or 0 without one (fail closed).
+    pub fn limit_micros(&self) -> Micros {
+        self.max_cost_micros.unwrap_or(Micros::ZERO)
     }
 }
 
@@ -264,15 +266,15 @@ impl Default for BudgetSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Price {
     /// Per prompt (input) token.
-    pub prompt: u64,
+    pub prompt: UnitPrice,
     /// Per completion (output) token.
-    pub completion: u64,
+    pub completion: UnitPrice,
     /// Per request.
-    pub request: u64,
+    pub request: UnitPrice,
     /// Per input image.
-    pub image: u64,
+    pub image: UnitPrice,
     /// Per internal reasoning token.
-    pub reasoning: u64,
+    pub reasoning: UnitPrice,
 }
 
 /// `[intercept.pricing]`: where prices come from.

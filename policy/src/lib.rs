@@ -19,8 +19,8 @@
 //! - `gateway`: the LLM gateway's compiled settings (`GatewaySettings`, model rules, endpoints);
 //!   `gateway::parse` holds the value parsers both the file and the environment go through.
 //! - `env`: `Policy::apply_env`, the reference sidecar's environment variables.
-//! - `money`: exact decimal USD → integer micro-USD / pico-USD (public: the proxy reads the
-//!   upstream's prices and costs with it).
+//! - `money`: USD as integers (`Micros`, `UnitPrice`), the one parser and formatter of amounts
+//!   and prices (public: the proxy and the launcher use it too).
 //!
 //! CONTRACT (used by the proxy; keep these names and signatures):
 //! - `Policy::parse(text, origin) -> Result<Policy, PolicyError>`

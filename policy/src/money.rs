@@ -1,75 +1,175 @@
-//! Exact amounts of US dollars as integers of a fixed unit, never `f64`: micro-USD (10⁻⁶) for
-//! budgets and spend, pico-USD (10⁻¹²) for per-token prices, which are far below one micro-USD
-//! (`"0.0000025"` USD per token is 2,500,000 pUSD).
+//! Money as integers, never `f64`: [`Micros`] (micro-USD, 10⁻⁶) for amounts (budgets,
+//! reservations, costs) and [`UnitPrice`] (pico-USD, 10⁻¹², per token, image or request) for
+//! prices, which are far below one micro-USD (`"0.0000025"` USD per token is 2,500,000 pUSD).
 //!
-//! The parsers read decimal text as OpenRouter writes it (`"5"`, `"5.00"`, `"0.0000025"`, also
-//! `"2.5e-6"`) digit by digit, so nothing is lost to binary floating point. They are public because
-//! the proxy must read the upstream's own price strings (`GET /api/v1/models`) and `usage.cost`
-//! exactly the same way.
+//! This is the one module that reads and writes USD in the workspace: the policy, the proxy and
+//! the launcher all use it. It has two grammars, on purpose:
+//!
+//! - **Written by an operator** ([`Micros::parse_usd`], [`UnitPrice::parse_usd`]: the policy's
+//!   `max_cost_usd` and prices, `MAX_COST_USD`, the launcher's `--budget-usd`): a plain decimal,
+//!   `digits[.digits]`, exact to the unit and at most [`MAX_USD`]. No sign, exponent, `".5"` or
+//!   `"5."`: a person writes those by accident more often than on purpose (`1e6` for `1e-6`), and
+//!   nothing is rounded silently.
+//! - **Sent by the upstream** ([`Micros::parse_upstream`], [`UnitPrice::parse_upstream`]:
+//!   OpenRouter's `/api/v1/models` price strings, `usage.cost`, generation costs): any decimal
+//!   OpenRouter or a JSON encoder writes (`"0.000003"`, `".5"`, `"1e-7"`, `1.2E-5`), read digit by
+//!   digit so nothing is lost to binary floating point, bounded only by `u64`, and rounded in
+//!   the direction the caller names. Charges and prices round [`Rounding::Up`]: the ledger never
+//!   charges less than the bill, and a worst case is never below the real one.
+//!
+//! Both print as the shortest plain decimal ([`Micros`]' and [`UnitPrice`]'s `Display`), which
+//! both grammars read back to the same value.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// Micro-USD in one USD.
 pub const MICROS_PER_USD: u64 = 1_000_000;
-/// Pico-USD in one USD.
-pub const PICOS_PER_USD: u64 = 1_000_000_000_000;
 /// Pico-USD in one micro-USD.
 pub const PICOS_PER_MICRO: u64 = 1_000_000;
-/// The largest amount accepted anywhere (a budget or a price): 1,000,000 USD. In pico-USD that is
-/// 10¹⁸, so every amount fits a `u64` with room to spare.
+/// Pico-USD in one USD.
+pub const PICOS_PER_USD: u64 = MICROS_PER_USD * PICOS_PER_MICRO;
+/// The largest amount an operator may write (a budget, a price): 1,000,000 USD.
 pub const MAX_USD: u64 = 1_000_000;
 
-/// Why a decimal amount was refused. Each message starts with "expected" so that a caller can add
+/// Why a USD amount was refused. Each message starts with "expected" so a caller can add
 /// ", found <text>".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
-    /// Not a decimal number (`"five"`, `"1,5"`, `".5"`, `"nan"`).
+    /// Not a decimal number at all (`"five"`, `"1,5"`, `"nan"`, `""`).
     #[error("expected an amount in usd such as \"5.00\" or \"0.0000025\"")]
     Syntax,
+    /// A number an operator should not write: a sign, an exponent, `".5"` or `"5."`.
+    #[error(
+        "expected a plain decimal amount of usd such as \"5.00\" or \"0.0000025\" \
+         (no sign, no exponent, digits on both sides of the point)"
+    )]
+    NotPlain,
     /// Below zero.
     #[error("expected an amount of zero or more")]
     Negative,
-    /// Finer than the unit (more than 6 decimals for micro-USD, 12 for pico-USD).
+    /// Finer than the unit where exactness is required (an operator's amount).
     #[error("expected at most {decimals} decimal places (1 {unit})")]
     TooPrecise {
-        /// Decimal places the unit can hold.
+        /// Decimal places the unit holds.
         decimals: u32,
         /// The unit's name, `micro-usd` or `pico-usd`.
         unit: &'static str,
     },
-    /// Above [`MAX_USD`].
-    #[error("expected at most 1000000 usd")]
-    TooLarge,
+    /// Larger than the grammar allows ([`MAX_USD`], or what fits the unit in a `u64`).
+    #[error("expected at most {max_usd} usd")]
+    TooLarge {
+        /// The largest whole number of USD accepted.
+        max_usd: u64,
+    },
 }
 
-/// Exact USD → micro-USD: `"5.00"` → 5,000,000. More than 6 decimals is an error, not rounded.
-pub fn usd_to_micros(text: &str) -> Result<u64, MoneyError> {
-    parse(text, Unit::Micro, Rounding::Exact)
+/// Which way an upstream amount finer than the unit is rounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// Away from zero: charges, costs and prices (never under-count money spent).
+    Up,
+    /// Toward zero: an amount that may be granted (never grant more than was stated).
+    Down,
 }
 
-/// USD → micro-USD rounded up, for amounts finer than a micro-USD that must not be under-counted
-/// (an upstream `usage.cost` of `"0.0000001"` settles as 1 µUSD).
-pub fn usd_to_micros_ceil(text: &str) -> Result<u64, MoneyError> {
-    parse(text, Unit::Micro, Rounding::Up)
+/// An amount of money in micro-USD (10⁻⁶ USD).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Micros(pub u64);
+
+impl Micros {
+    /// Nothing.
+    pub const ZERO: Micros = Micros(0);
+    /// The largest amount (used as "unbounded").
+    pub const MAX: Micros = Micros(u64::MAX);
+
+    /// An operator's amount: a plain decimal, exact to the micro-USD, at most [`MAX_USD`]
+    /// (`"5"`, `"2.50"`, `"0.000001"`).
+    pub fn parse_usd(text: &str) -> Result<Micros, MoneyError> {
+        parse_operator(text, Unit::Micro).map(Micros)
+    }
+
+    /// An amount the upstream sent (`usage.cost`, a generation's `total_cost`): any decimal
+    /// notation, digits below the micro-USD rounded as asked; at most `u64::MAX` µUSD.
+    pub fn parse_upstream(text: &str, rounding: Rounding) -> Result<Micros, MoneyError> {
+        parse_upstream(text, Unit::Micro, rounding).map(Micros)
+    }
+
+    /// Pico-USD to micro-USD, rounded up (a cost is never under-counted); saturates at
+    /// [`Micros::MAX`].
+    pub fn from_picos_ceil(picos: u128) -> Micros {
+        let micros = picos.div_ceil(u128::from(PICOS_PER_MICRO));
+        Micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+
+    /// The amount as an f64 of USD, for reference-compatible JSON and metrics only.
+    pub fn as_usd_f64(self) -> f64 {
+        // u64 → f64 is exact below 2^53 µUSD (≈ 9 billion USD) and the division is correctly
+        // rounded, so this is the f64 nearest to the exact decimal.
+        self.0 as f64 / MICROS_PER_USD as f64
+    }
+
+    /// `self + rhs`, saturating.
+    pub fn saturating_add(self, rhs: Micros) -> Micros {
+        Micros(self.0.saturating_add(rhs.0))
+    }
+
+    /// `self - rhs`, floored at zero.
+    pub fn saturating_sub(self, rhs: Micros) -> Micros {
+        Micros(self.0.saturating_sub(rhs.0))
+    }
 }
 
-/// Exact USD → pico-USD: `"0.0000025"` → 2,500,000. More than 12 decimals is an error.
-pub fn usd_to_picos(text: &str) -> Result<u64, MoneyError> {
-    parse(text, Unit::Pico, Rounding::Exact)
+impl fmt::Display for Micros {
+    /// The shortest plain decimal of USD: `5`, `2.5`, `0.000001`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_scaled(u128::from(self.0), Unit::Micro))
+    }
 }
 
-/// Pico-USD → micro-USD, rounded up (a cost is never under-counted); saturates at `u64::MAX`.
-pub fn picos_to_micros_ceil(picos: u128) -> u64 {
-    let micros = picos.div_ceil(u128::from(PICOS_PER_MICRO));
-    u64::try_from(micros).unwrap_or(u64::MAX)
+/// A price per unit (token, image, request) in pico-USD (10⁻¹² USD).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitPrice(pub u64);
+
+impl UnitPrice {
+    /// Free.
+    pub const ZERO: UnitPrice = UnitPrice(0);
+
+    /// An operator's price per unit: a plain decimal, exact to the pico-USD, at most
+    /// [`MAX_USD`] (`"0.0000025"`).
+    pub fn parse_usd(text: &str) -> Result<UnitPrice, MoneyError> {
+        parse_operator(text, Unit::Pico).map(UnitPrice)
+    }
+
+    /// A price the upstream sent (`"0.000003"`, `"1e-7"`): any decimal notation, digits below
+    /// the pico-USD rounded as asked; at most `u64::MAX` pUSD (about 18 million USD per unit).
+    /// `"-1"` (OpenRouter's "variable pricing") is [`MoneyError::Negative`], like any price
+    /// below zero: the caller leaves such a model unpriced.
+    pub fn parse_upstream(text: &str, rounding: Rounding) -> Result<UnitPrice, MoneyError> {
+        parse_upstream(text, Unit::Pico, rounding).map(UnitPrice)
+    }
+
+    /// The price of a million units as the shortest plain decimal of USD (OpenRouter states
+    /// token prices per million in `provider.max_price`), e.g. `0.15` for `0.00000015`.
+    pub fn usd_per_million(self) -> String {
+        format_scaled(self.cost_picos(1_000_000), Unit::Pico)
+    }
+
+    /// The price of `units` units, in pico-USD (cannot overflow: u64 × u64 < u128::MAX).
+    pub fn cost_picos(self, units: u64) -> u128 {
+        u128::from(self.0) * u128::from(units)
+    }
 }
 
-/// The shortest decimal for an amount of micro-USD, in USD: `5`, `2.5`, `0.000001`.
-pub fn format_micros(micros: u64) -> String {
-    format_scaled(u128::from(micros), Unit::Micro.decimals())
-}
-
-/// The shortest decimal for an amount of pico-USD, in USD: `0.0000025`.
-pub fn format_picos(picos: u64) -> String {
-    format_scaled(u128::from(picos), Unit::Pico.decimals())
+impl fmt::Display for UnitPrice {
+    /// The shortest plain decimal of USD per unit, e.g. `0.00000015`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_scaled(u128::from(self.0), Unit::Pico))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -92,82 +192,67 @@ impl Unit {
             Unit::Pico => "pico-usd",
         }
     }
+
+    fn per_usd(self) -> u64 {
+        10u64.pow(self.decimals())
+    }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Rounding {
-    Exact,
-    Up,
+/// A decimal number as read: `digits × 10^exponent`, digits without leading or trailing zeros
+/// (empty for zero).
+struct Decimal {
+    negative: bool,
+    digits: Vec<u8>,
+    exponent: i64,
+    /// Written as `digits[.digits]` with nothing else: no sign, exponent or bare point.
+    plain: bool,
 }
 
-/// More digits than any accepted amount can have (10¹⁸ pUSD has 19): longer is too large, and
-/// stopping here keeps the arithmetic inside `u128`.
-const MAX_DIGITS: usize = 30;
+/// Far beyond any meaningful exponent: `1e99999` is "too large" and `1e-99999` rounds, without
+/// the position arithmetic below overflowing.
+const MAX_EXPONENT: i64 = 10_000;
 
-/// `[+-]digits[.digits][(e|E)[+-]digits]`, read as an integer number of `unit`.
-fn parse(text: &str, unit: Unit, rounding: Rounding) -> Result<u64, MoneyError> {
-    let (negative, rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
+/// `[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`, the union of what OpenRouter,
+/// JSON encoders and operators write.
+fn read(text: &str) -> Result<Decimal, MoneyError> {
+    let (negative, signed, rest) = match text.as_bytes().first() {
+        Some(b'-') => (true, true, &text[1..]),
+        Some(b'+') => (false, true, &text[1..]),
+        _ => (false, false, text),
     };
     let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
-        Some((m, e)) => (m, exponent(e)?),
-        None => (rest, 0),
+        Some((m, e)) => (m, Some(read_exponent(e)?)),
+        None => (rest, None),
     };
-    let (whole, fraction) = match mantissa.split_once('.') {
-        Some((_, "")) => return Err(MoneyError::Syntax), // "5." reads as a typo
-        Some((w, f)) => (w, f),
-        None => (mantissa, ""),
-    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     let is_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !is_digits(whole) || !is_digits(fraction) {
+    if (whole.is_empty() && fraction.is_empty()) || !is_digits(whole) || !is_digits(fraction) {
         return Err(MoneyError::Syntax);
     }
-    // value = digits × 10^shift, in units.
-    let mut digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
-    let mut shift = exponent + i64::from(unit.decimals()) - fraction.len() as i64;
-    let Some(first) = digits.iter().position(|&d| d != b'0') else {
-        return Ok(0); // zero, however written ("-0.00" included)
-    };
-    if negative {
-        return Err(MoneyError::Negative);
-    }
+    let bare_point = mantissa.contains('.') && (whole.is_empty() || fraction.is_empty());
+    let mut digits: Vec<u8> = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .map(|b| b - b'0')
+        .collect();
+    let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
+    let mut exponent = exponent.unwrap_or(0).saturating_sub(fraction_len);
+    let first = digits.iter().position(|&d| d != 0).unwrap_or(digits.len());
     digits.drain(..first);
-    while digits.last() == Some(&b'0') {
+    while digits.last() == Some(&0) {
         digits.pop();
-        shift += 1;
+        exponent += 1;
     }
-    let value = if shift >= 0 {
-        if digits.len() as i64 + shift > MAX_DIGITS as i64 {
-            return Err(MoneyError::TooLarge);
-        }
-        to_int(&digits) * 10u128.pow(shift as u32) // shift < MAX_DIGITS by the check above
-    } else {
-        // Trailing zeros are gone, so the digits below the unit are not all zero.
-        let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
-        if rounding == Rounding::Exact {
-            return Err(MoneyError::TooPrecise {
-                decimals: unit.decimals(),
-                unit: unit.name(),
-            });
-        }
-        let kept = &digits[..digits.len().saturating_sub(cut)];
-        if kept.len() > MAX_DIGITS {
-            return Err(MoneyError::TooLarge);
-        }
-        to_int(kept) + 1
-    };
-    let max = u128::from(MAX_USD) * 10u128.pow(unit.decimals());
-    if value > max {
-        return Err(MoneyError::TooLarge);
-    }
-    u64::try_from(value).map_err(|_| MoneyError::TooLarge)
+    Ok(Decimal {
+        negative,
+        plain: !signed && !bare_point && !rest.contains(['e', 'E']),
+        digits,
+        exponent,
+    })
 }
 
-/// The exponent after `e`: `[+-]digits`. Clamped far beyond anything meaningful, so `1e99999`
-/// is "too large" rather than an overflow.
-fn exponent(text: &str) -> Result<i64, MoneyError> {
+/// The exponent after `e`: `[+-]digits`, clamped to ±[`MAX_EXPONENT`].
+fn read_exponent(text: &str) -> Result<i64, MoneyError> {
     let (negative, digits) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -176,136 +261,99 @@ fn exponent(text: &str) -> Result<i64, MoneyError> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(MoneyError::Syntax);
     }
-    let magnitude = digits.parse::<i64>().unwrap_or(i64::MAX).min(10_000);
+    let magnitude = digits.parse::<i64>().unwrap_or(i64::MAX).min(MAX_EXPONENT);
     Ok(if negative { -magnitude } else { magnitude })
 }
 
-/// ASCII digits (at most `MAX_DIGITS`) to an integer.
-fn to_int(digits: &[u8]) -> u128 {
-    digits
-        .iter()
-        .fold(0u128, |n, d| n * 10 + u128::from(d - b'0'))
+/// The operator grammar: plain, non-negative, exact, at most [`MAX_USD`].
+fn parse_operator(text: &str, unit: Unit) -> Result<u64, MoneyError> {
+    let d = read(text)?;
+    if d.negative && !d.digits.is_empty() {
+        return Err(MoneyError::Negative);
+    }
+    if !d.plain {
+        return Err(MoneyError::NotPlain);
+    }
+    let too_large = MoneyError::TooLarge { max_usd: MAX_USD };
+    match scale(&d, unit) {
+        Scaled::Exact(v) if v <= u128::from(MAX_USD * unit.per_usd()) => {
+            u64::try_from(v).map_err(|_| too_large)
+        }
+        Scaled::Exact(_) | Scaled::TooLarge => Err(too_large),
+        Scaled::Inexact { .. } => Err(MoneyError::TooPrecise {
+            decimals: unit.decimals(),
+            unit: unit.name(),
+        }),
+    }
 }
 
-fn format_scaled(value: u128, decimals: u32) -> String {
-    let scale = 10u128.pow(decimals);
-    let (whole, fraction) = (value / scale, value % scale);
+/// The upstream grammar: any notation, non-negative, rounded as asked, at most `u64::MAX` units.
+fn parse_upstream(text: &str, unit: Unit, rounding: Rounding) -> Result<u64, MoneyError> {
+    let d = read(text)?;
+    if d.negative && !d.digits.is_empty() {
+        return Err(MoneyError::Negative);
+    }
+    let value = match (scale(&d, unit), rounding) {
+        (Scaled::Exact(v), _) => Some(v),
+        (Scaled::Inexact { below }, Rounding::Down) => Some(below),
+        (Scaled::Inexact { below }, Rounding::Up) => below.checked_add(1),
+        (Scaled::TooLarge, _) => None,
+    };
+    value
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or(MoneyError::TooLarge {
+            max_usd: u64::MAX / unit.per_usd(),
+        })
+}
+
+/// A decimal in whole units of the target unit.
+enum Scaled {
+    /// Exactly this many units.
+    Exact(u128),
+    /// Strictly between `below` and `below + 1` units.
+    Inexact { below: u128 },
+    /// Beyond any `u64` of the unit.
+    TooLarge,
+}
+
+/// More digits than any `u64` has (20): longer is too large, and stopping there keeps the
+/// arithmetic inside `u128`.
+const MAX_DIGITS: i64 = 21;
+
+fn scale(d: &Decimal, unit: Unit) -> Scaled {
+    if d.digits.is_empty() {
+        return Scaled::Exact(0);
+    }
+    // value = digits × 10^shift units.
+    let shift = d.exponent.saturating_add(i64::from(unit.decimals()));
+    let len = i64::try_from(d.digits.len()).unwrap_or(i64::MAX);
+    // Digits kept above the unit; the rest (never all zeros: trailing zeros are gone) are a
+    // fraction of one unit.
+    let kept = len.saturating_add(shift);
+    if kept > MAX_DIGITS {
+        return Scaled::TooLarge;
+    }
+    let int = |digits: &[u8]| digits.iter().fold(0u128, |n, &d| n * 10 + u128::from(d));
+    if shift >= 0 {
+        // shift ≤ MAX_DIGITS by the check above.
+        return Scaled::Exact(int(&d.digits) * 10u128.pow(shift as u32));
+    }
+    let kept = usize::try_from(kept.max(0)).unwrap_or(0);
+    Scaled::Inexact {
+        below: int(&d.digits[..kept]),
+    }
+}
+
+/// `value` units as the shortest plain decimal of USD.
+fn format_scaled(value: u128, unit: Unit) -> String {
+    let per_usd = u128::from(unit.per_usd());
+    let (whole, fraction) = (value / per_usd, value % per_usd);
     if fraction == 0 {
         return whole.to_string();
     }
-    let fraction = format!("{fraction:0width$}", width = decimals as usize);
+    let fraction = format!("{fraction:0width$}", width = unit.decimals() as usize);
     format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn micros_are_exact() {
-        assert_eq!(usd_to_micros("5"), Ok(5_000_000));
-        assert_eq!(usd_to_micros("5.00"), Ok(5_000_000));
-        assert_eq!(usd_to_micros("0.000001"), Ok(1));
-        assert_eq!(usd_to_micros("+2.5"), Ok(2_500_000));
-        assert_eq!(usd_to_micros("1000000"), Ok(1_000_000_000_000));
-        assert_eq!(usd_to_micros("0"), Ok(0));
-        assert_eq!(usd_to_micros("-0.00"), Ok(0));
-        assert_eq!(usd_to_micros("0.1000000"), Ok(100_000)); // trailing zeros are not precision
-        assert_eq!(usd_to_micros("2.5e0"), Ok(2_500_000));
-        assert_eq!(usd_to_micros("25E-1"), Ok(2_500_000));
-        assert_eq!(usd_to_micros("1e-6"), Ok(1));
-        assert_eq!(usd_to_micros("0000012.50"), Ok(12_500_000));
-    }
-
-    #[test]
-    fn picos_are_exact_below_a_micro() {
-        assert_eq!(usd_to_picos("0.0000025"), Ok(2_500_000));
-        assert_eq!(usd_to_picos("0.00001"), Ok(10_000_000));
-        assert_eq!(usd_to_picos("0.000000075"), Ok(75_000));
-        assert_eq!(usd_to_picos("0.000000000001"), Ok(1));
-        assert_eq!(usd_to_picos("2.5e-6"), Ok(2_500_000));
-        assert_eq!(usd_to_picos("0"), Ok(0));
-        assert_eq!(usd_to_picos("1000000"), Ok(1_000_000 * PICOS_PER_USD));
-    }
-
-    #[test]
-    fn refusals_name_the_reason() {
-        for bad in [
-            "", "five", "1,5", ".5", "5.", "1.2.3", "nan", "inf", "0x10", " 5", "5 ", "1e", "1e+",
-            "--1", "$5", "1_000",
-        ] {
-            assert_eq!(usd_to_micros(bad), Err(MoneyError::Syntax), "{bad:?}");
-        }
-        assert_eq!(usd_to_micros("-1"), Err(MoneyError::Negative));
-        assert_eq!(usd_to_picos("-0.0000025"), Err(MoneyError::Negative));
-        assert_eq!(
-            usd_to_micros("0.0000001"),
-            Err(MoneyError::TooPrecise {
-                decimals: 6,
-                unit: "micro-usd"
-            })
-        );
-        assert!(matches!(
-            usd_to_picos("0.0000000000001"),
-            Err(MoneyError::TooPrecise { decimals: 12, .. })
-        ));
-        assert_eq!(usd_to_micros("1000000.000001"), Err(MoneyError::TooLarge));
-        assert_eq!(usd_to_micros("1e7"), Err(MoneyError::TooLarge));
-        assert_eq!(usd_to_micros("1e99999999999"), Err(MoneyError::TooLarge));
-        assert_eq!(
-            usd_to_micros(&"9".repeat(100)),
-            Err(MoneyError::TooLarge),
-            "long inputs do not overflow"
-        );
-        assert!(matches!(
-            usd_to_micros("1e-99999999999"),
-            Err(MoneyError::TooPrecise { .. })
-        ));
-    }
-
-    #[test]
-    fn ceil_rounds_finer_amounts_up() {
-        assert_eq!(usd_to_micros_ceil("0.0000001"), Ok(1));
-        assert_eq!(usd_to_micros_ceil("0.0000011"), Ok(2));
-        assert_eq!(usd_to_micros_ceil("0.000123456789"), Ok(124));
-        assert_eq!(usd_to_micros_ceil("1.5"), Ok(1_500_000));
-        assert_eq!(usd_to_micros_ceil("1e-300"), Ok(1));
-        assert_eq!(usd_to_micros_ceil("-0.1"), Err(MoneyError::Negative));
-    }
-
-    #[test]
-    fn conversions_and_formatting() {
-        assert_eq!(picos_to_micros_ceil(0), 0);
-        assert_eq!(picos_to_micros_ceil(1), 1);
-        assert_eq!(picos_to_micros_ceil(1_000_000), 1);
-        assert_eq!(picos_to_micros_ceil(1_000_001), 2);
-        assert_eq!(picos_to_micros_ceil(u128::MAX), u64::MAX);
-        assert_eq!(format_micros(5_000_000), "5");
-        assert_eq!(format_micros(2_500_000), "2.5");
-        assert_eq!(format_micros(1), "0.000001");
-        assert_eq!(format_picos(2_500_000), "0.0000025");
-        for text in ["0.0000025", "3", "0.000000000001", "12.5"] {
-            assert_eq!(format_picos(usd_to_picos(text).unwrap()), text);
-        }
-    }
-
-    #[test]
-    fn messages_compose_with_found() {
-        let e = MoneyError::TooPrecise {
-            decimals: 6,
-            unit: "micro-usd",
-        };
-        assert_eq!(
-            e.to_string(),
-            "expected at most 6 decimal places (1 micro-usd)"
-        );
-        for e in [
-            MoneyError::Syntax,
-            MoneyError::Negative,
-            MoneyError::TooLarge,
-        ] {
-            assert!(e.to_string().starts_with("expected "), "{e}");
-        }
-    }
-}
+mod tests;

@@ -218,8 +218,7 @@ impl Policy {
         let budget = match g.budget.max_cost_micros {
             Some(micros) => format!(
                 "budget {} usd (refusals {})",
-                crate::money::format_micros(micros),
-                g.budget.refusal_status
+                micros, g.budget.refusal_status
             ),
             None => "no budget (every request with a cost is refused)".to_owned(),
         };

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use tollgate_policy::money::Micros;
 use tollgate_policy::{ENV_VARS, KeySource, ModelDenied, Policy, PolicyError};
 
 const FILE: &str = r#"version = 1
@@ -51,7 +52,7 @@ fn no_variables_change_nothing() {
 #[test]
 fn max_cost_usd_replaces_the_budget_exactly() {
     let g = apply(&[("MAX_COST_USD", " 2.50 ")]).unwrap().gateway;
-    assert_eq!(g.budget.max_cost_micros, Some(2_500_000));
+    assert_eq!(g.budget.max_cost_micros, Some(Micros(2_500_000)));
     assert_eq!(g.env_overrides, ["MAX_COST_USD"]);
     assert_eq!(
         apply(&[("MAX_COST_USD", "0")])
@@ -59,7 +60,7 @@ fn max_cost_usd_replaces_the_budget_exactly() {
             .gateway
             .budget
             .max_cost_micros,
-        Some(0)
+        Some(Micros(0))
     );
 }
 

@@ -347,6 +347,13 @@ const CASES: &[(&str, usize, usize, &str, &str)] = &[
         "expected an amount in usd such as \"5.00\", found a boolean",
     ),
     (
+        "price-exponent.toml",
+        5,
+        10,
+        "intercept.pricing.models.\"openai/gpt-4o\".prompt",
+        "expected a plain decimal amount of usd such as \"5.00\" or \"0.0000025\" (no sign, no exponent, digits on both sides of the point), found \"2.5e-6\"",
+    ),
+    (
         "bad-refusal-status.toml",
         5,
         18,

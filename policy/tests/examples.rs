@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
+use tollgate_policy::money::{Micros, UnitPrice};
 
 use tollgate_policy::{
     DEFAULT_POLICY_TOML, GatewaySettings, HostPattern, ModelPattern, Phase, Policy, Price,
@@ -69,7 +70,7 @@ fn gateway_example_shows_the_defaults_except_where_it_says_example() {
     let example = Policy::load(&dir.join("gateway.toml")).unwrap();
     let mut expected = GatewaySettings::default();
     // The lines marked "example".
-    expected.budget.max_cost_micros = Some(5_000_000);
+    expected.budget.max_cost_micros = Some(Micros(5_000_000));
     expected.models.deny = vec![ModelPattern::parse("openai/o1-pro*").unwrap()];
     expected.provider.per_model.insert(
         "anthropic/claude-sonnet-4".into(),
@@ -81,11 +82,11 @@ fn gateway_example_shows_the_defaults_except_where_it_says_example() {
     expected.pricing.models.insert(
         "openai/gpt-4o".into(),
         Price {
-            prompt: 2_500_000,
-            completion: 10_000_000,
-            request: 0,
-            image: 3_613_000_000,
-            reasoning: 0,
+            prompt: UnitPrice(2_500_000),
+            completion: UnitPrice(10_000_000),
+            request: UnitPrice(0),
+            image: UnitPrice(3_613_000_000),
+            reasoning: UnitPrice(0),
         },
     );
     assert_eq!(example.gateway, expected);

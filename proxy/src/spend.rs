@@ -8,7 +8,8 @@
 //! ```
 //!
 //! - [`money`]: [`Micros`] (micro-USD amounts) and [`UnitPrice`] (pico-USD per unit), exact
-//!   decimal parsing and rounding rules.
+//!   decimal parsing and rounding rules: `tollgate_policy::money`, re-exported (the policy, the
+//!   proxy and the launcher read and write USD with the same code).
 //! - [`price`]: model prices from the policy and `GET /api/v1/models`; unpriced → refused.
 //! - [`estimate`]: the worst-case cost of a request and the `max_tokens` clamp.
 //! - [`ledger`]: reservations and settlements under the invariant settled + reserved ≤ budget.
@@ -40,7 +41,7 @@ pub mod journal;
 pub mod ledger;
 /// The spend series live in the metrics catalog; re-exported under the old path.
 pub use crate::metrics::spend as metrics;
-pub mod money;
+pub use tollgate_policy::money;
 pub mod price;
 pub mod report;
 pub mod sse;

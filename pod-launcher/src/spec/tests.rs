@@ -40,12 +40,12 @@ fn run_ids_are_label_values() {
 
 #[test]
 fn budgets_are_integer_micro_usd() {
-    assert_eq!(MicroUsd::parse("2.5"), Ok(MicroUsd(2_500_000)));
-    assert_eq!(MicroUsd::parse("10"), Ok(MicroUsd(10_000_000)));
-    assert_eq!(MicroUsd::parse("0.000001"), Ok(MicroUsd(1)));
-    assert_eq!(MicroUsd(2_500_000).to_string(), "2.5");
-    assert_eq!(MicroUsd(10_000_000).to_string(), "10");
-    assert_eq!(MicroUsd(1).to_string(), "0.000001");
+    assert_eq!(budget("2.5"), Ok(Micros(2_500_000)));
+    assert_eq!(budget("10"), Ok(Micros(10_000_000)));
+    assert_eq!(budget("0.000001"), Ok(Micros(1)));
+    assert_eq!(Micros(2_500_000).to_string(), "2.5");
+    assert_eq!(Micros(10_000_000).to_string(), "10");
+    assert_eq!(Micros(1).to_string(), "0.000001");
     for bad in [
         "",
         "-1",
@@ -55,8 +55,9 @@ fn budgets_are_integer_micro_usd() {
         ".5",
         "1,5",
         "99999999999999999999",
+        "1000000.000001", // more than the proxy's MAX_COST_USD accepts
     ] {
-        assert!(MicroUsd::parse(bad).is_err(), "{bad}");
+        assert!(budget(bad).is_err(), "{bad}");
     }
 }
 

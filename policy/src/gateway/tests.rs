@@ -308,7 +308,11 @@ fn version_alone_gives_the_reference_defaults() {
     assert_eq!(g.connect_timeout, Duration::from_secs(10));
     assert_eq!(g.read_timeout, Duration::from_secs(600));
     assert_eq!(g.budget.max_cost_micros, None);
-    assert_eq!(g.budget.limit_micros(), 0, "no budget spends nothing");
+    assert_eq!(
+        g.budget.limit_micros(),
+        Micros(0),
+        "no budget spends nothing"
+    );
     assert_eq!(g.budget.refusal_status, 429);
     assert_eq!(g.budget.min_completion_tokens, 16);
     assert_eq!(g.budget.data_dir, PathBuf::from("/data"));
@@ -374,7 +378,7 @@ prompt = "0.0000025"
 completion = "0.00001"
 request = "0.001"
 image = "0.003613"
-reasoning = 1e-5
+reasoning = 0.00001
 [intercept.workspace]
 id = "ws_123"
 management_key_file = "/run/secrets/mgmt"
@@ -423,7 +427,7 @@ max_concurrent = 4
     );
     assert_eq!(
         g.budget.max_cost_micros,
-        Some(5_100_000),
+        Some(Micros(5_100_000)),
         "a float literal is read exactly"
     );
     assert_eq!(g.budget.refusal_status, 402);
@@ -434,18 +438,18 @@ max_concurrent = 4
     let fallback = g.pricing.fallback.unwrap();
     assert_eq!(
         (fallback.prompt, fallback.completion),
-        (10_000_000, 30_000_000)
+        (UnitPrice(10_000_000), UnitPrice(30_000_000))
     );
-    assert_eq!(fallback.request, 0);
+    assert_eq!(fallback.request, UnitPrice(0));
     let price = g.pricing.configured("OpenAI/GPT-4o").unwrap();
     assert_eq!(
         *price,
         Price {
-            prompt: 2_500_000,
-            completion: 10_000_000,
-            request: 1_000_000_000,
-            image: 3_613_000_000,
-            reasoning: 10_000_000,
+            prompt: UnitPrice(2_500_000),
+            completion: UnitPrice(10_000_000),
+            request: UnitPrice(1_000_000_000),
+            image: UnitPrice(3_613_000_000),
+            reasoning: UnitPrice(10_000_000),
         }
     );
     assert_eq!(g.workspace.enabled(), Some("ws_123"));
@@ -465,7 +469,7 @@ fn money_keys_accept_strings_and_numbers_exactly() {
             &format!("version = 1\n[intercept.budget]\nmax_cost_usd = {value}\n"),
             "t.toml",
         )
-        .map(|p| p.gateway.budget.max_cost_micros)
+        .map(|p| p.gateway.budget.max_cost_micros.map(|m| m.0))
     };
     assert_eq!(budget("\"5.00\"").unwrap(), Some(5_000_000));
     assert_eq!(budget("5").unwrap(), Some(5_000_000));
@@ -475,7 +479,10 @@ fn money_keys_accept_strings_and_numbers_exactly() {
         "0.1 is not 0.1000000000000000055"
     );
     assert_eq!(budget("1_000.5").unwrap(), Some(1_000_500_000));
-    assert_eq!(budget("2.5e-3").unwrap(), Some(2_500));
+    // An exponent is refused in an operator's amount (`2.5e3` for `2.5e-3` is a typo away).
+    let e = budget("2.5e-3").unwrap_err();
+    assert!(e.message.contains("no exponent"), "{e}");
+    assert!(e.message.ends_with("found \"2.5e-3\""), "{e}");
     assert_eq!(budget("0").unwrap(), Some(0));
     let e = budget("0.0000001").unwrap_err();
     assert_eq!(e.key, "intercept.budget.max_cost_usd");

@@ -24,9 +24,7 @@ use super::{Intercepted, Interceptor, Outcome, exchange, pricing, workspace};
 use crate::metrics::Metrics;
 use crate::spend::metrics::SpendMetrics;
 use crate::spend::price::{ModelEntry, ModelLimits};
-use crate::spend::{
-    EstimateConfig, Ledger, LedgerConfig, Micros, ModelPrice, PriceTable, UnitPrice,
-};
+use crate::spend::{EstimateConfig, Ledger, LedgerConfig, ModelPrice, PriceTable};
 use crate::tunnel::BoxFuture;
 use crate::upstream::{self, HttpsClient};
 
@@ -186,10 +184,8 @@ impl Gateway {
             named(&named_policy.load(), model)
         }));
         spend_metrics.register(metrics.registry())?;
-        let mut config = LedgerConfig::new(
-            Micros(g.budget.limit_micros()),
-            g.budget.evaluation_run_id.clone(),
-        );
+        let mut config =
+            LedgerConfig::new(g.budget.limit_micros(), g.budget.evaluation_run_id.clone());
         config.data_dir = Some(g.budget.data_dir.clone());
         config.metrics = Some(spend_metrics.clone());
         let (ledger, recovery) = Ledger::open(config)?;
@@ -334,11 +330,11 @@ pub fn policy_prices(policy: &Policy) -> PriceTable {
 
 fn model_price(p: &Price) -> ModelPrice {
     ModelPrice {
-        prompt: UnitPrice(p.prompt),
-        completion: UnitPrice(p.completion),
-        request: UnitPrice(p.request),
-        image: UnitPrice(p.image),
-        reasoning: Some(UnitPrice(p.reasoning)),
+        prompt: p.prompt,
+        completion: p.completion,
+        request: p.request,
+        image: p.image,
+        reasoning: Some(p.reasoning),
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::money::UnitPrice;
+use super::money::{Rounding, UnitPrice};
 
 /// What one model costs, in pico-USD per unit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -322,9 +322,13 @@ fn price_field(key: &str, v: Option<&Value>) -> Result<Option<UnitPrice>, String
     if text == "-1" {
         return Err("variable pricing".to_owned());
     }
-    UnitPrice::parse_usd(&text)
+    // Rounded up past the pico-USD: prices only ever feed worst-case bounds.
+    UnitPrice::parse_upstream(&text, Rounding::Up)
         .map(Some)
-        .map_err(|e| format!("{key} price: {e}"))
+        .map_err(|e| {
+            let found: String = text.chars().take(40).collect(); // hostile text may be long
+            format!("{key} price: {e}, found {found:?}")
+        })
 }
 
 /// A positive token count, `None` when absent, null, zero or not an integer.
@@ -383,10 +387,10 @@ mod tests {
         let skipped: HashMap<_, _> = up.skipped.iter().cloned().collect();
         assert_eq!(skipped["openrouter/auto"], "variable pricing");
         assert!(
-            skipped["bad/negative"].contains("non-negative"),
+            skipped["bad/negative"].contains("zero or more, found \"-0.1\""),
             "{skipped:?}"
         );
-        assert!(skipped["bad/text"].contains("decimal"));
+        assert!(skipped["bad/text"].contains("found \"cheap\""));
         assert_eq!(skipped["bad/no-pricing"], "no pricing");
         assert_eq!(skipped["bad/half"], "no completion price");
         assert!(skipped.contains_key("?"));

@@ -2,13 +2,16 @@
 //! JSON body (or one SSE event), and the cost from a `GET /api/v1/generation` lookup.
 //!
 //! Parsing is lenient (a field of an unexpected type is treated as absent; it never fails the
-//! response) and the cost is exact: the JSON number's decimal text is rounded *up* to the
-//! micro-USD (to the nearest, a bill of 0.4 µUSD would be free and a thousand of them too). For a BYOK request (`is_byok: true`) the spend is OpenRouter's fee (`cost`) plus
+//! response) and the cost is exact: the JSON number's literal text, as the upstream wrote it
+//! (never an f64), is read by `tollgate_policy::money` and rounded *up* to the micro-USD (to the
+//! nearest, a bill of 0.4 µUSD would be free and a thousand of them too). For a BYOK request
+//! (`is_byok: true`) the spend is OpenRouter's fee (`cost`) plus
 //! what the provider charged the key (`cost_details.upstream_inference_cost`): both are money
 //! the run spent.
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::money::{Micros, Rounding};
 
@@ -75,12 +78,45 @@ impl ResponseSummary {
 }
 
 #[derive(Deserialize)]
-struct RawResponse {
+struct RawResponse<'a> {
     id: Option<Value>,
     model: Option<Value>,
     provider: Option<Value>,
-    usage: Option<Value>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
     error: Option<Value>,
+}
+
+/// The money fields of a `usage` object, as literal JSON text.
+#[derive(Default, Deserialize)]
+struct RawUsageCost<'a> {
+    #[serde(borrow)]
+    cost: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cost_details: Option<&'a RawValue>,
+}
+
+/// `cost_details` of a `usage` object.
+#[derive(Default, Deserialize)]
+struct RawCostDetails<'a> {
+    #[serde(borrow)]
+    upstream_inference_cost: Option<&'a RawValue>,
+}
+
+/// The money fields of a generation lookup's `data`, as literal JSON text.
+#[derive(Default, Deserialize)]
+struct RawGenerationCost<'a> {
+    #[serde(borrow)]
+    total_cost: Option<&'a RawValue>,
+    #[serde(borrow)]
+    upstream_inference_cost: Option<&'a RawValue>,
+}
+
+/// `T` read from `raw`, or its default when `raw` is absent or not a `T` (lenient: a response
+/// is never failed for an odd field; a duplicated key makes the cost unknown, not cheaper).
+fn lenient<'a, T: Deserialize<'a> + Default>(raw: Option<&'a RawValue>) -> T {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
 }
 
 /// Parses a JSON response body (or one SSE event's data); `None` when it is not a JSON object.
@@ -90,12 +126,13 @@ pub fn parse_response(body: &[u8]) -> Option<ResponseSummary> {
         id: text(raw.id.as_ref()),
         model: text(raw.model.as_ref()),
         provider: text(raw.provider.as_ref()),
-        usage: raw.usage.as_ref().and_then(usage),
+        usage: raw.usage.and_then(usage),
         error: raw.error.as_ref().and_then(error),
     })
 }
 
-fn usage(v: &Value) -> Option<Usage> {
+fn usage(raw: &RawValue) -> Option<Usage> {
+    let v: Value = serde_json::from_str(raw.get()).ok()?;
     let obj = v.as_object()?;
     let int = |keys: &[&str]| {
         keys.iter()
@@ -107,27 +144,27 @@ fn usage(v: &Value) -> Option<Usage> {
             .and_then(Value::as_u64)
     };
     let byok = obj.get("is_byok").and_then(Value::as_bool).unwrap_or(false);
-    let upstream = obj
-        .get("cost_details")
-        .and_then(|d| d.get("upstream_inference_cost"));
+    let money: RawUsageCost = lenient(Some(raw));
+    let details: RawCostDetails = lenient(money.cost_details);
     Some(Usage {
         prompt_tokens: int(&["prompt_tokens", "input_tokens"]),
         completion_tokens: int(&["completion_tokens", "output_tokens"]),
         reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens")
             .or_else(|| nested("output_tokens_details", "reasoning_tokens")),
         cached_tokens: nested("prompt_tokens_details", "cached_tokens"),
-        cost: total_cost(obj.get("cost"), byok, upstream),
+        cost: total_cost(money.cost, byok, details.upstream_inference_cost),
     })
 }
 
 /// `cost`, plus the upstream's charge for BYOK; `None` when `cost` is absent or unreadable.
-fn total_cost(cost: Option<&Value>, byok: bool, upstream: Option<&Value>) -> Option<Micros> {
+fn total_cost(cost: Option<&RawValue>, byok: bool, upstream: Option<&RawValue>) -> Option<Micros> {
     let cost = usd(cost?)?;
     if byok {
         // An unreadable upstream charge must not make a BYOK request look cheaper than it was:
         // without it the cost is unknown (the gateway falls back to a lookup or the worst case).
         let extra = match upstream {
-            None | Some(Value::Null) => Micros::ZERO,
+            None => Micros::ZERO,
+            Some(v) if v.get() == "null" => Micros::ZERO,
             Some(v) => usd(v)?,
         };
         return Some(cost.saturating_add(extra));
@@ -135,14 +172,16 @@ fn total_cost(cost: Option<&Value>, byok: bool, upstream: Option<&Value>) -> Opt
     Some(cost)
 }
 
-/// A USD amount given as a JSON number or a decimal string, rounded up to the micro-USD (the
-/// ledger never charges less than the bill).
-fn usd(v: &Value) -> Option<Micros> {
-    match v {
-        Value::Number(n) => Micros::from_json_number(n, Rounding::Up).ok(),
-        Value::String(s) => Micros::parse_usd_rounded(s.trim(), Rounding::Up).ok(),
-        _ => None,
+/// A USD amount given as a JSON number (its literal text) or a decimal string, rounded up to
+/// the micro-USD (the ledger never charges less than the bill). Anything else (`null`, `true`,
+/// an object) is no amount.
+fn usd(raw: &RawValue) -> Option<Micros> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let s: String = serde_json::from_str(text).ok()?;
+        return Micros::parse_upstream(s.trim(), Rounding::Up).ok();
     }
+    Micros::parse_upstream(text, Rounding::Up).ok()
 }
 
 fn error(v: &Value) -> Option<UpstreamError> {
@@ -190,8 +229,15 @@ pub struct GenerationCost {
 /// Parses a generation lookup body (`{"data":{...}}`); `None` when it states no readable cost
 /// (the record may not exist yet: retry with backoff, then settle at the worst case).
 pub fn parse_generation(body: &[u8]) -> Option<GenerationCost> {
-    let root: Value = serde_json::from_slice(body).ok()?;
-    let data = root.get("data")?.as_object()?;
+    #[derive(Deserialize)]
+    struct Root<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let raw = serde_json::from_slice::<Root>(body).ok()?.data;
+    let data: Value = serde_json::from_str(raw.get()).ok()?;
+    let data = data.as_object()?;
+    let money: RawGenerationCost = lenient(Some(raw));
     let byok = data
         .get("is_byok")
         .and_then(Value::as_bool)
@@ -202,11 +248,7 @@ pub fn parse_generation(body: &[u8]) -> Option<GenerationCost> {
     };
     Some(GenerationCost {
         id: text(data.get("id")),
-        cost: total_cost(
-            data.get("total_cost"),
-            byok,
-            data.get("upstream_inference_cost"),
-        )?,
+        cost: total_cost(money.total_cost, byok, money.upstream_inference_cost)?,
         prompt_tokens: int(&["native_tokens_prompt", "tokens_prompt"]),
         completion_tokens: int(&["native_tokens_completion", "tokens_completion"]),
         model: text(data.get("model")),
@@ -265,6 +307,12 @@ mod tests {
         assert_eq!(cost("\"0.0000000001\""), Some(Micros(1)));
         assert_eq!(cost("0"), Some(Micros(0)));
         assert_eq!(cost("0.000002"), Some(Micros(2)));
+        // More digits than an f64 holds: read from the literal, the bill is above 1 µUSD.
+        assert_eq!(cost("0.0000010000000000000000001"), Some(Micros(2)));
+        assert_eq!(cost("1.0000000000000000000001E-6"), Some(Micros(2)));
+        assert_eq!(cost("0.000001000000000000000000"), Some(Micros(1)));
+        assert_eq!(cost("null"), None);
+        assert_eq!(cost("true"), None);
         let g = parse_generation(br#"{"data":{"total_cost":0.0000001}}"#).unwrap();
         assert_eq!(g.cost, Micros(1));
     }
@@ -329,5 +377,10 @@ mod tests {
         assert_eq!(g.provider.as_deref(), Some("Azure"));
         assert!(parse_generation(br#"{"error":{"code":404,"message":"not found"}}"#).is_none());
         assert!(parse_generation(br#"{"data":{"id":"gen-1"}}"#).is_none());
+        let exact = parse_generation(br#"{"data":{"total_cost":1.00000000000000000001}}"#);
+        assert_eq!(exact.unwrap().cost, Micros(1_000_001), "not the f64 1.0");
+        let byok =
+            br#"{"data":{"total_cost":"0.001","is_byok":true,"upstream_inference_cost":null}}"#;
+        assert_eq!(parse_generation(byok).unwrap().cost, Micros(1000));
     }
 }

@@ -6,7 +6,7 @@ use toml::Spanned;
 use crate::compile::{duration, optional, positive, usd};
 use crate::error::{PolicyError, Source};
 use crate::gateway::{BudgetSettings, Price, PricingSettings, parse};
-use crate::money;
+use crate::money::{Micros, UnitPrice};
 use crate::raw::{RawBudget, RawPrice, RawPricing};
 
 /// Compiles `[intercept.budget]`.
@@ -30,14 +30,7 @@ pub(super) fn budget(src: Source<'_>, raw: &RawBudget) -> Result<BudgetSettings,
         max_cost_micros: raw
             .max_cost_usd
             .as_ref()
-            .map(|v| {
-                usd(
-                    src,
-                    "intercept.budget.max_cost_usd",
-                    v,
-                    money::usd_to_micros,
-                )
-            })
+            .map(|v| usd(src, "intercept.budget.max_cost_usd", v, Micros::parse_usd))
             .transpose()?,
         refusal_status,
         min_completion_tokens: match &raw.min_completion_tokens {
@@ -89,10 +82,10 @@ pub(super) fn pricing(src: Source<'_>, raw: &RawPricing) -> Result<PricingSettin
 /// refuses a table without them), the rest default to 0.
 fn price(src: Source<'_>, key: &str, raw: &RawPrice) -> Result<Price, PolicyError> {
     let one = |name: &str, value: &Spanned<toml::Value>| {
-        usd(src, &format!("{key}.{name}"), value, money::usd_to_picos)
+        usd(src, &format!("{key}.{name}"), value, UnitPrice::parse_usd)
     };
     let maybe = |name: &str, value: &Option<Spanned<toml::Value>>| {
-        value.as_ref().map_or(Ok(0), |v| one(name, v))
+        value.as_ref().map_or(Ok(UnitPrice::ZERO), |v| one(name, v))
     };
     Ok(Price {
         prompt: one("prompt", &raw.prompt)?,
