@@ -26,9 +26,9 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
     DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ExecAction, HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretEnvSource, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -513,8 +513,12 @@ fn proxy(spec: &TaskSpec) -> Container {
             port("usage", USAGE_PORT),
             port("admin", ADMIN_PORT),
         ]),
-        startup_probe: Some(http_probe("/readyz", 1, 60)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        // Readiness through `tollgate probe` (exec): an HTTP probe would also accept an agent
+        // that squatted the admin port while the sidecar restarted; the exec probe checks a
+        // proof only this container's tollgate can give. Liveness stays HTTP: a tollgate that
+        // waits out a squatted port is alive, and restarting it would not free the port.
+        startup_probe: Some(exec_probe(1, 60)),
+        readiness_probe: Some(exec_probe(5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         resources: resources(&Resources {
             cpu: Some("500m".to_owned()),
@@ -637,6 +641,23 @@ fn port(name: &str, port: i32) -> ContainerPort {
         container_port: port,
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
+    }
+}
+
+/// `tollgate probe`: GET /readyz with a challenge answered by a key in the sidecar's own `/tmp`.
+fn exec_probe(period: i32, failures: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "/usr/local/bin/tollgate".to_owned(),
+                "probe".to_owned(),
+                format!("--admin=127.0.0.1:{ADMIN_PORT}"),
+            ]),
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(3),
+        ..Probe::default()
     }
 }
 
