@@ -14,6 +14,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 command -v dig >/dev/null || need+=(bind9-dnsutils)  # the DNS end-to-end tests' agent
 command -v getent >/dev/null || need+=(libc-bin)
+command -v perl >/dev/null || need+=(perl)  # the port-squatting tests' squatter
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${need[*]}"
