@@ -234,45 +234,32 @@ impl Netns {
 
     /// A listener on `addr`, created inside the namespace (the socket keeps it).
     pub fn bind(&self, addr: SocketAddr) -> TcpListener {
-        let path = PathBuf::from("/var/run/netns").join(&self.name);
-        std::thread::spawn(move || {
-            let f = File::open(&path).unwrap();
-            setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
-            let sock = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )
-            .unwrap();
-            if addr.is_ipv6() {
-                sock.set_only_v6(true).unwrap();
-            }
-            sock.set_reuse_address(true).unwrap();
-            sock.bind(&addr.into()).unwrap();
-            sock.listen(64).unwrap();
-            TcpListener::from(sock)
-        })
-        .join()
-        .unwrap()
+        let sock = self.bound_socket(addr, socket2::Type::STREAM);
+        sock.listen(64).unwrap();
+        TcpListener::from(sock)
     }
 
     /// A UDP socket bound to `addr` inside the namespace (v6-only for IPv6).
     pub fn bind_udp(&self, addr: SocketAddr) -> std::net::UdpSocket {
+        std::net::UdpSocket::from(self.bound_socket(addr, socket2::Type::DGRAM))
+    }
+
+    /// A socket of type `ty` bound to `addr`, made inside the namespace from a thread that
+    /// `setns`es first (v6-only for IPv6; SO_REUSEADDR for TCP).
+    fn bound_socket(&self, addr: SocketAddr, ty: socket2::Type) -> socket2::Socket {
         let path = PathBuf::from("/var/run/netns").join(&self.name);
         std::thread::spawn(move || {
             let f = File::open(&path).unwrap();
             setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
-            let sock = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::DGRAM,
-                None,
-            )
-            .unwrap();
+            let sock = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None).unwrap();
             if addr.is_ipv6() {
                 sock.set_only_v6(true).unwrap();
             }
+            if ty == socket2::Type::STREAM {
+                sock.set_reuse_address(true).unwrap();
+            }
             sock.bind(&addr.into()).unwrap();
-            std::net::UdpSocket::from(sock)
+            sock
         })
         .join()
         .unwrap()
