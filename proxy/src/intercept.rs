@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod pricing;
 pub mod replay;
 pub mod settle;
+pub mod state;
 pub mod usage_api;
 pub mod workspace;
 

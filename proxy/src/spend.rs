@@ -17,7 +17,10 @@
 //! - [`report`]: the reference-compatible `proxy_usage.json` and `proxy_inferences.jsonl`.
 //! - [`usage`]: cost, tokens, id, model, provider and errors from JSON responses and generation
 //!   lookups; [`sse`]: the same, incrementally, from a stream.
-//! - [`metrics`]: the series this stage owns.
+//! - [`source`]: where a settled amount came from (a leaf: journal, ledger and metrics share it).
+//!
+//! Imports run one way: `ledger → {journal, report} → {source, money}`; the series this stage
+//! updates live in the metrics catalog (`crate::metrics::spend`).
 //!
 //! # What the gateway calls, and when
 //! 1. At start: [`Ledger::open`] (replays the journal, settles reservations a crash left open at
@@ -39,18 +42,17 @@
 pub mod estimate;
 pub mod journal;
 pub mod ledger;
-/// The spend series live in the metrics catalog; re-exported under the old path.
-pub use crate::metrics::spend as metrics;
 pub use tollgate_policy::money;
 pub mod price;
 pub mod report;
+pub mod source;
 pub mod sse;
 pub mod usage;
 
 pub use estimate::{EstimateConfig, EstimateError, OutputField, Quote, RequestShape};
 pub use ledger::{
     BudgetExceeded, Ledger, LedgerConfig, RequestMeta, Reservation, ReserveError, Settlement,
-    SettlementSource,
 };
 pub use money::{Micros, UnitPrice};
 pub use price::{ModelPrice, PriceError, PriceTable};
+pub use source::SettlementSource;

@@ -13,8 +13,8 @@ use serde_json::Value;
 use tollgate_policy::{Endpoint, GatewaySettings};
 
 use super::body_budget::{BudgetError, Held, ReadError};
-use super::gateway::State;
 use super::settle::{self, Body, Metered};
+use super::state::State;
 use crate::enforce::{self, FORWARDED_HEADERS, Refusal};
 use crate::spend::estimate::{self, OutputField, RequestShape};
 use crate::spend::{EstimateError, Ledger, RequestMeta, ReserveError};

@@ -1,32 +1,31 @@
 //! The LLM gateway: terminates TLS for intercepted hosts with the per-Pod CA and serves each
-//! HTTP request through [`exchange`](super::exchange) (enforce → upstream → spend).
+//! HTTP request through [`exchange`](super::exchange) (enforce → upstream → spend). Builds the
+//! shared [`State`](super::state::State) at start.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{Quota, RateLimiter};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tollgate_policy::{KeySource, Policy, Price};
+use tollgate_policy::Policy;
 
 use super::body_budget::BodyBudget;
 use super::ca::{Authority, CaError, LeafResolver};
 use super::replay::Replay;
+use super::state::{SecretError, State, WorkspaceStatus, policy_prices, read_secret};
 use super::{Intercepted, Interceptor, Outcome, exchange, pricing, workspace};
 use crate::metrics::Metrics;
-use crate::spend::metrics::SpendMetrics;
-use crate::spend::price::{ModelEntry, ModelLimits};
-use crate::spend::{EstimateConfig, Ledger, LedgerConfig, ModelPrice, PriceTable};
+use crate::metrics::spend::SpendMetrics;
+use crate::spend::{EstimateConfig, Ledger, LedgerConfig};
 use crate::tunnel::BoxFuture;
-use crate::upstream::{self, HttpsClient};
+use crate::upstream;
 
 /// A TLS handshake that takes longer than this is cut (the hello already arrived).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,15 +59,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A secret the policy names could not be read.
-    #[error("cannot read the {what} from {source_name}: {reason}")]
-    Secret {
-        /// Which secret.
-        what: &'static str,
-        /// Where it was to come from (never the value).
-        source_name: String,
-        /// Why not.
-        reason: String,
-    },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// The upstream client could not be built.
     #[error(transparent)]
     Upstream(#[from] upstream::BuildError),
@@ -81,34 +73,6 @@ pub enum StartError {
     /// Registering the spend metrics failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-}
-
-/// Shared by every intercepted request.
-pub struct State {
-    /// The current policy (hot-reloaded; per-request settings are read from it).
-    pub policy: Arc<ArcSwap<Policy>>,
-    /// The pooled upstream client.
-    pub client: HttpsClient,
-    /// The budget ledger.
-    pub ledger: Arc<Ledger>,
-    /// Model prices: the policy's table plus the upstream's list, swapped on each refresh.
-    pub prices: ArcSwap<PriceTable>,
-    /// The workspace privacy check's latest result.
-    pub workspace: workspace::Status,
-    /// Requests per second per intercepted host.
-    pub limiter: DefaultKeyedRateLimiter<String>,
-    /// Concurrent upstream requests.
-    pub concurrency: Arc<Semaphore>,
-    /// Bytes of request bodies held across all requests.
-    pub body_budget: BodyBudget,
-    /// The key injected in place of the agent's, when the policy says so.
-    pub injected_key: Option<String>,
-    /// Bounds for the worst-case estimate.
-    pub estimate: EstimateConfig,
-    /// The metrics catalog.
-    pub metrics: Metrics,
-    /// The spend stage's series (labels the spend with policy-named models).
-    pub spend_metrics: SpendMetrics,
 }
 
 /// The interceptor plugged into the router's seam.
@@ -209,7 +173,7 @@ impl Gateway {
             policy: policy.clone(),
             client,
             ledger,
-            workspace: workspace::Status::default(),
+            workspace: WorkspaceStatus::default(),
             limiter: RateLimiter::keyed(
                 Quota::per_second(g.limits.requests_per_second).allow_burst(g.limits.burst),
             ),
@@ -275,28 +239,6 @@ fn nonzero(n: NonZeroU32) -> usize {
     usize::try_from(n.get()).unwrap_or(usize::MAX)
 }
 
-/// Reads a secret from where the policy says it is; the value never reaches a log line.
-pub fn read_secret(what: &'static str, source: &KeySource) -> Result<String, StartError> {
-    let err = |reason: String| StartError::Secret {
-        what,
-        source_name: source.to_string(),
-        reason,
-    };
-    let value = match source {
-        KeySource::Env(name) => std::env::var(name).map_err(|_| err("not set".into()))?,
-        KeySource::File(path) => read_file(path).map_err(|e| err(e.to_string()))?,
-    };
-    let value = value.trim().to_owned();
-    if value.is_empty() {
-        return Err(err("empty".into()));
-    }
-    Ok(value)
-}
-
-fn read_file(path: &Path) -> std::io::Result<String> {
-    std::fs::read_to_string(path)
-}
-
 /// Whether the policy names `model` (so it may be a metric label).
 fn named(policy: &Policy, model: &str) -> bool {
     let g = &policy.gateway;
@@ -306,36 +248,6 @@ fn named(policy: &Policy, model: &str) -> bool {
             .iter()
             .chain(g.models.deny.iter())
             .any(|p| p.is_exact() && p.matches(model))
-}
-
-/// The policy's own prices (and fallback) as a price table; the upstream list is merged in by
-/// the refresh task.
-pub fn policy_prices(policy: &Policy) -> PriceTable {
-    let p = &policy.gateway.pricing;
-    let entries: HashMap<String, ModelEntry> = p
-        .models
-        .iter()
-        .map(|(model, price)| {
-            (
-                model.clone(),
-                ModelEntry {
-                    price: model_price(price),
-                    limits: ModelLimits::default(),
-                },
-            )
-        })
-        .collect();
-    PriceTable::new(entries, p.fallback.as_ref().map(model_price))
-}
-
-fn model_price(p: &Price) -> ModelPrice {
-    ModelPrice {
-        prompt: p.prompt,
-        completion: p.completion,
-        request: p.request,
-        image: p.image,
-        reasoning: Some(p.reasoning),
-    }
 }
 
 impl Interceptor for Gateway {

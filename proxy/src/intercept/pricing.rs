@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use tokio_util::sync::CancellationToken;
 
-use super::gateway::{State, policy_prices};
+use super::state::{State, policy_prices};
 use crate::spend::price::{self, UpstreamPrices};
 
 /// How often the policy is checked for price changes, and the retry after a failed fetch.

@@ -18,7 +18,7 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tollgate_policy::Endpoint;
 
-use super::gateway::State;
+use super::state::State;
 use crate::enforce::Refusal;
 use crate::spend::sse::SseParser;
 use crate::spend::usage::{self, ResponseSummary};

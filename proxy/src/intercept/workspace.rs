@@ -2,17 +2,15 @@
 //! with the management key (never on the request path), and requests are refused while any
 //! logging or data-sharing flag is on (403) or while the last good read is too old (503).
 
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use tokio_util::sync::CancellationToken;
-use tollgate_policy::GatewaySettings;
 
-use super::gateway::{State, read_secret};
-use crate::enforce::Refusal;
+use super::state::{State, read_secret};
 
 /// The flags that must all be false for requests to pass.
 pub const PRIVACY_FLAGS: [&str; 3] = [
@@ -22,64 +20,6 @@ pub const PRIVACY_FLAGS: [&str; 3] = [
 ];
 /// How soon to retry after a failed read (the staleness limit decides when requests stop).
 const RETRY: Duration = Duration::from_secs(5);
-
-/// The latest successful read.
-#[derive(Debug, Default)]
-pub struct Status {
-    latest: RwLock<Option<Reading>>,
-}
-
-#[derive(Clone, Debug)]
-struct Reading {
-    at: Instant,
-    enabled_flags: Vec<&'static str>,
-}
-
-impl Status {
-    /// Refuses requests while the workspace is unsafe, or not known to be safe recently enough.
-    pub fn check(&self, g: &GatewaySettings) -> Result<(), Refusal> {
-        if g.workspace.enabled().is_none() {
-            return Ok(());
-        }
-        let latest = self
-            .latest
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        match latest {
-            None => Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "workspace-unverified",
-                "the workspace's privacy settings have not been verified yet",
-            )),
-            Some(r) if r.at.elapsed() > g.workspace.stale_after => Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "workspace-stale",
-                "the workspace's privacy settings could not be verified recently",
-            )),
-            Some(r) if !r.enabled_flags.is_empty() => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "workspace-unsafe",
-                format!(
-                    "the workspace has data logging enabled: {}",
-                    r.enabled_flags.join(", ")
-                ),
-            )),
-            Some(_) => Ok(()),
-        }
-    }
-
-    fn record(&self, enabled_flags: Vec<&'static str>) {
-        let reading = Reading {
-            at: Instant::now(),
-            enabled_flags,
-        };
-        *self
-            .latest
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reading);
-    }
-}
 
 /// Reads the workspace every `refresh` until `shutdown`.
 pub async fn poll(state: Arc<State>, shutdown: CancellationToken) {
@@ -172,29 +112,5 @@ mod tests {
         assert_eq!(enabled_flags(missing).unwrap().len(), 2);
         assert!(enabled_flags(b"[]").is_err());
         assert!(enabled_flags(b"nope").is_err());
-    }
-
-    #[test]
-    fn status_is_unverified_then_safe_then_stale_or_unsafe() {
-        let policy = tollgate_policy::Policy::parse(
-            "version = 1\n[intercept]\nhosts = [\"openrouter.ai\"]\n[intercept.workspace]\nid = \"ws1\"\nrefresh = \"1s\"\nstale_after = \"2s\"\n",
-            "t.toml",
-        )
-        .unwrap();
-        let g = &policy.gateway;
-        let status = Status::default();
-        assert_eq!(
-            status.check(g).unwrap_err().status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        status.record(vec![]);
-        assert!(status.check(g).is_ok());
-        status.record(vec!["is_data_discount_logging_enabled"]);
-        assert_eq!(status.check(g).unwrap_err().status, StatusCode::FORBIDDEN);
-        *status.latest.write().unwrap() = Some(Reading {
-            at: Instant::now() - Duration::from_secs(3),
-            enabled_flags: vec![],
-        });
-        assert_eq!(status.check(g).unwrap_err().reason, "workspace-stale");
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use prometheus::{CounterVec, Gauge, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::metrics::OTHER;
-use crate::spend::ledger::SettlementSource;
 use crate::spend::money::Micros;
+use crate::spend::source::SettlementSource;
 
 /// Decides whether a model may appear as a label (the policy names it).
 pub type ModelNamed = Arc<dyn Fn(&str) -> bool + Send + Sync>;

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::ledger::SettlementSource;
 use super::money::Micros;
+use super::source::SettlementSource;
 
 /// The journal format version written in `open` records.
 pub const VERSION: u32 = 1;

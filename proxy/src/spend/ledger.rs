@@ -22,17 +22,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Journal, ModelTotals, OpenReservation, Record, Replay, VERSION};
-use super::metrics::SpendMetrics;
 use super::money::Micros;
 use super::report::{self, InferenceLine, UsageSnapshot};
+use crate::metrics::spend::SpendMetrics;
 
 mod flush;
 mod types;
 
+pub use super::source::SettlementSource;
 pub use flush::Flusher;
 pub use types::{
     BudgetExceeded, LedgerConfig, LedgerError, LedgerSnapshot, Recovery, RequestMeta, ReserveError,
-    Settled, Settlement, SettlementSource,
+    Settled, Settlement,
 };
 
 /// The journal file name inside the data dir.

@@ -155,7 +155,7 @@ fn an_overcharge_is_charged_in_full_and_leaves_nothing_to_reserve() {
 
 #[test]
 fn metrics_follow_the_ledger() {
-    let named: crate::spend::metrics::ModelNamed = Arc::new(|m| m == "m");
+    let named: crate::metrics::spend::ModelNamed = Arc::new(|m| m == "m");
     let metrics = SpendMetrics::new(named);
     let mut cfg = LedgerConfig::new(Micros(2_000_000), "run");
     cfg.metrics = Some(metrics.clone());

@@ -4,11 +4,10 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
+use crate::metrics::spend::SpendMetrics;
 use crate::spend::journal::JournalError;
-use crate::spend::metrics::SpendMetrics;
 use crate::spend::money::Micros;
+use crate::spend::source::SettlementSource;
 
 /// A request refused because its minimum worst case does not fit what is left of the budget.
 #[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
@@ -18,33 +17,6 @@ pub struct BudgetExceeded {
     pub remaining: Micros,
     /// The smallest worst case the request could have reserved.
     pub needed: Micros,
-}
-
-/// What a settled amount came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SettlementSource {
-    /// `usage.cost` from the JSON body or the final SSE event.
-    Usage,
-    /// `GET /api/v1/generation?id=...`.
-    Generation,
-    /// The reserved worst case (no cost could be learned, or the reservation was dropped).
-    WorstCase,
-    /// Nothing was charged: the request never reached the upstream (connect failure), or the
-    /// upstream refused it with a 4xx before generating anything.
-    NotGenerated,
-}
-
-impl SettlementSource {
-    /// The source as a log field and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SettlementSource::Usage => "usage",
-            SettlementSource::Generation => "generation",
-            SettlementSource::WorstCase => "worst-case",
-            SettlementSource::NotGenerated => "not-generated",
-        }
-    }
 }
 
 /// Why a reservation was not granted.
