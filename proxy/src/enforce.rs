@@ -2,58 +2,13 @@
 //! models, which providers. Pure functions from a request's parts to either the request to
 //! forward or a [`Refusal`] shaped like an OpenRouter error, so every rule is a unit test.
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use http_body_util::Full;
 use serde_json::{Map, Value, json};
 use tollgate_policy::{Endpoint, GatewaySettings, ProviderPrefs};
 
-/// A request the gateway will not forward, with the status and OpenRouter-shaped body to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Bounded reason, for `tollgate_llm_denials_total{reason}` and the request log line.
-    pub reason: &'static str,
-    /// What the agent is told.
-    pub message: String,
-    /// Seconds for a Retry-After header (rate limits only).
-    pub retry_after: Option<u64>,
-}
+mod refusal;
 
-impl Refusal {
-    /// A refusal without Retry-After.
-    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// The response: `{"error":{"code":N,"message":"...","metadata":{"tollgate_reason":"..."}}}`.
-    pub fn response(&self) -> http::Response<Full<Bytes>> {
-        let body = json!({
-            "error": {
-                "code": self.status.as_u16(),
-                "message": self.message,
-                "metadata": { "tollgate_reason": self.reason },
-            }
-        });
-        let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(secs) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
-    }
-}
+pub use refusal::{Reason, Refusal};
 
 /// `Host` (HTTP/1.1) or `:authority` (HTTP/2) must name the host the TLS session was for:
 /// otherwise one connection could reach hosts the SNI decision never saw.
@@ -67,11 +22,7 @@ pub fn check_authority(uri: &Uri, headers: &HeaderMap, sni: &str) -> Result<(), 
     let host = authority.and_then(|a| tollgate_policy::normalize_host(&a).ok());
     match host {
         Some(host) if host == sni => Ok(()),
-        _ => Err(Refusal::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "misdirected",
-            format!("this connection serves {sni} only"),
-        )),
+        _ => Err(Refusal::misdirected(sni)),
     }
 }
 
@@ -94,7 +45,7 @@ pub fn endpoint(
         Some(e) if settings.endpoints.contains(e) => Ok(e),
         _ => Err(Refusal::new(
             StatusCode::FORBIDDEN,
-            "endpoint",
+            Reason::Endpoint,
             format!("{method} {path} is not allowed by the tollgate policy"),
         )),
     }
@@ -119,7 +70,7 @@ pub fn authorize(
     let Some(token) = token else {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
-            "unauthenticated",
+            Reason::Unauthenticated,
             "missing Authorization: Bearer token",
         ));
     };
@@ -134,7 +85,7 @@ pub fn authorize(
         if diff != 0 {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
-                "api-key",
+                Reason::ApiKey,
                 "this API key is not the one this run may use",
             ));
         }
@@ -143,7 +94,7 @@ pub fn authorize(
     HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
-            "bad-request",
+            Reason::BadRequest,
             "malformed Authorization header",
         )
     })
@@ -174,14 +125,14 @@ pub fn admit_body(
     let parsed: Value = serde_json::from_slice(bytes).map_err(|e| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
-            "bad-json",
+            Reason::BadJson,
             format!("request body is not valid JSON: {e}"),
         )
     })?;
     let Value::Object(object) = parsed else {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
-            "bad-json",
+            Reason::BadJson,
             "request body must be a JSON object",
         ));
     };
@@ -199,7 +150,11 @@ pub fn admit_body(
         .models
         .check_all(models.iter().map(String::as_str))
         .map_err(|denied| {
-            Refusal::new(StatusCode::FORBIDDEN, denied.reason(), format!("{denied}"))
+            Refusal::new(
+                StatusCode::FORBIDDEN,
+                Reason::from(&denied),
+                format!("{denied}"),
+            )
         })?;
     let stream = matches!(body.get("stream"), Some(Value::Bool(true)));
     if endpoint != Endpoint::Embeddings || !settings.provider.order.is_empty() {
@@ -222,7 +177,7 @@ pub fn admit_body(
 /// `model` and each `models` entry, in that order; at least one is required (an unnamed model
 /// means the account's default, a routing choice the policy never saw).
 fn models_of(body: &Map<String, Value>) -> Result<Vec<String>, Refusal> {
-    let bad = |m: &str| Refusal::new(StatusCode::BAD_REQUEST, "bad-request", m.to_owned());
+    let bad = |m: &str| Refusal::bad_request(m);
     let mut models = Vec::new();
     match body.get("model") {
         None | Some(Value::Null) => {}
@@ -246,7 +201,7 @@ fn models_of(body: &Map<String, Value>) -> Result<Vec<String>, Refusal> {
     if models.is_empty() {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
-            "no-model",
+            Reason::NoModel,
             "the request must name a model",
         ));
     }

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod exchange;
 pub mod gateway;
 pub mod pricing;
+pub mod record;
 pub mod replay;
 pub mod settle;
 pub mod state;

@@ -7,6 +7,15 @@
 //!            ^ phase, reload feed route the current phase and policy; metrics and admin observe
 //! capture listener: accept → orig_dst → route (by destination) → { tunnel to it | reject }
 //! dns listener: query → dns::decide (name as route would, phase, policy) → { forward | local answer }
+//!
+//! gateway (intercept::gateway: TLS with the per-Pod CA, then an HTTP server), per request:
+//!   exchange: enforce (host, endpoint, key, workspace, rate, slot) → body → enforce::admit_body
+//!             → spend::estimate → ledger.reserve ─────────────── refused ─┐
+//!   settle:   upstream::send → { JSON | SSE pump } → Pending settles:    │
+//!             usage | generation lookup | worst case (also when dropped) │
+//!   record:   one line and the metrics for every request ◄───────────────┘
+//!             (refused, usage, free, metered)
+//!   ^ intercept::state (a leaf) is shared by them all; pricing and workspace refresh it
 //! ```
 //!
 //! - [`accept`]: listeners, the connection limit, graceful drain; runs one [`connection`] per socket.
@@ -16,10 +25,15 @@
 //! - [`route`]: the pure decision `(hello, orig_dst, phase, policy) → Decision` (ECH screen
 //!   included); for captured connections `(orig_dst, phase, policy, own ports)`, address filter included.
 //! - [`tunnel`]: resolve, filter and dial the SNI host; replay the hello; copy both ways.
-//! - [`intercept`]: the seam, and the LLM gateway behind it: per-Pod CA, TLS termination, one
-//!   HTTP exchange per request (`intercept::exchange`, `intercept::settle`).
-//! - [`enforce`]: the request policy (endpoint, credentials, fields, models, providers).
-//! - [`upstream`]: the pooled TLS client to the real API, honouring the policy's pins.
+//! - [`intercept`]: the seam, and the LLM gateway behind it. `intercept::gateway` builds the
+//!   shared `intercept::state` and terminates TLS; per request, `intercept::exchange` admits,
+//!   prices and reserves, `intercept::settle` forwards and settles through one `Pending` value,
+//!   and `intercept::record` writes the request's one line and counts it; `intercept::pricing`
+//!   and `intercept::workspace` keep prices and the privacy check current in the background.
+//! - [`enforce`]: the request policy (endpoint, credentials, fields, models, providers), and
+//!   `enforce::Refusal` with one `enforce::Reason` per cause.
+//! - [`upstream`]: the pooled TLS client to the real API, honouring the policy's pins, and the one
+//!   "request within a timeout, read a size-limited body" helper (`upstream::fetch`).
 //! - [`spend`]: prices, the worst-case estimate, the budget ledger and its journal.
 //! - [`dns`]: the Pod's DNS: answers locally or forwards a name only if the policy could route it.
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.

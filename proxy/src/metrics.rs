@@ -69,6 +69,8 @@ pub struct Metrics {
     pub llm_requests: IntCounterVec,
     /// LLM requests refused by the gateway, by reason.
     pub llm_denials: IntCounterVec,
+    /// Every gateway request, once, by how it ended (`intercept::record::Kind`).
+    pub gateway_requests: IntCounterVec,
     /// Upstream time from sending the request to the end of the response.
     pub upstream_latency: Histogram,
     /// Upstream time from sending the request to the response headers.
@@ -164,6 +166,11 @@ impl Metrics {
                 &["reason"],
             )
             .expect("static metric definition is valid"),
+            gateway_requests: IntCounterVec::new(
+                Opts::new("tollgate_gateway_requests_total", "Gateway requests by how they ended: refused, usage, free, metered."),
+                &["outcome"],
+            )
+            .expect("static metric definition is valid"),
             upstream_latency: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_upstream_latency_seconds",
@@ -252,11 +259,15 @@ impl Metrics {
         }
         self.connections_refused
             .with_label_values(&["dns-tcp-limit"]);
+        for kind in crate::intercept::record::Kind::ALL {
+            self.gateway_requests.with_label_values(&[kind.as_str()]);
+        }
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(self.llm_requests.clone()),
+            Box::new(self.gateway_requests.clone()),
             Box::new(self.llm_denials.clone()),
             Box::new(self.upstream_latency.clone()),
             Box::new(self.upstream_ttfb.clone()),

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,6 +45,64 @@ pub enum BuildError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// Why an exchange with the upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The request failed (connect, TLS, protocol).
+    #[error("request failed: {0}")]
+    Request(#[from] hyper_util::client::legacy::Error),
+    /// No response head, or no whole body, within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The body broke off or was larger than the limit.
+    #[error("reading failed: {0}")]
+    Body(String),
+}
+
+impl FetchError {
+    /// Whether the request never reached the upstream (so it cannot have generated anything).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, FetchError::Request(e) if e.is_connect())
+    }
+}
+
+/// Sends `request`, waiting at most `timeout` for the response head.
+pub async fn send(
+    client: &HttpsClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Response<hyper::body::Incoming>, FetchError> {
+    match tokio::time::timeout(timeout, client.request(request)).await {
+        Ok(response) => Ok(response?),
+        Err(_) => Err(FetchError::Timeout),
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes within `timeout`.
+pub async fn read_limited<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, FetchError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(FetchError::Body(error.to_string())),
+        Err(_) => Err(FetchError::Timeout),
+    }
+}
+
+/// [`send`], then [`read_limited`]: the response head and its whole body, each within `timeout`.
+pub async fn fetch(
+    client: &HttpsClient,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(http::response::Parts, Bytes), FetchError> {
+    let (parts, body) = send(client, request, timeout).await?.into_parts();
+    let bytes = read_limited(body, limit, timeout).await?;
+    Ok((parts, bytes))
 }
 
 /// Builds the client: `extra_ca` adds a trust anchor to the webpki roots.

@@ -63,7 +63,7 @@ fn only_enabled_endpoints_pass() {
     ] {
         let r = endpoint(&m, p, &s).unwrap_err();
         assert_eq!(
-            (r.status, r.reason),
+            (r.status, r.reason.as_str()),
             (StatusCode::FORBIDDEN, "endpoint"),
             "{m} {p}"
         );
@@ -108,7 +108,7 @@ fn authorization_is_required_pinned_and_replaceable() {
     )
     .unwrap_err();
     assert_eq!(
-        (wrong.status, wrong.reason),
+        (wrong.status, wrong.reason.as_str()),
         (StatusCode::FORBIDDEN, "api-key")
     );
 }
@@ -177,14 +177,18 @@ fn malformed_bodies_are_client_errors() {
     }
     let none = admit_body(Endpoint::Chat, b"{\"messages\":[]}", &s).unwrap_err();
     assert_eq!(
-        (none.status, none.reason),
+        (none.status, none.reason.as_str()),
         (StatusCode::FORBIDDEN, "no-model")
     );
 }
 
 #[test]
 fn refusals_are_openrouter_shaped() {
-    let mut r = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate-limit", "slow down");
+    let mut r = Refusal::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Reason::RateLimit,
+        "slow down",
+    );
     r.retry_after = Some(2);
     let response = r.response();
     assert_eq!(response.status(), 429);

@@ -13,38 +13,30 @@ use serde_json::Value;
 use tollgate_policy::{Endpoint, GatewaySettings};
 
 use super::body_budget::{BudgetError, Held, ReadError};
+use super::record::{self, Exit, Kind, RequestInfo};
 use super::settle::{self, Body, Metered};
 use super::state::State;
-use crate::enforce::{self, FORWARDED_HEADERS, Refusal};
+use crate::enforce::{self, FORWARDED_HEADERS, Reason, Refusal};
 use crate::spend::estimate::{self, OutputField, RequestShape};
 use crate::spend::{EstimateError, Ledger, RequestMeta, ReserveError};
 
 /// How long a request waits for a concurrency slot before it is refused.
 const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves one request; refusals become OpenRouter-shaped errors, counted and logged.
+/// Serves one request; refusals become OpenRouter-shaped errors. Every request ends in
+/// [`record`](super::record::record): here for refusals and the usage endpoint, in
+/// `settle` for forwarded requests.
 pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-    match admit(&state, &sni, req, started).await {
+    let info = Arc::new(RequestInfo {
+        sni,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        started: Instant::now(),
+    });
+    match admit(&state, &info, req).await {
         Ok(response) => response,
         Err(refusal) => {
-            state
-                .metrics
-                .llm_denials
-                .with_label_values(&[refusal.reason])
-                .inc();
-            tracing::info!(
-                target: "tollgate::request",
-                sni = %sni,
-                method = %method,
-                path = %path,
-                status = refusal.status.as_u16(),
-                reason = refusal.reason,
-                error = %refusal.message,
-                latency_ms = started.elapsed().as_millis() as u64,
-                "request"
-            );
+            record::record(&state, &info, &Exit::refused(&refusal));
             settle::full(refusal.response())
         }
     }
@@ -52,15 +44,21 @@ pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> 
 
 async fn admit(
     state: &Arc<State>,
-    sni: &str,
+    info: &Arc<RequestInfo>,
     req: Request<Incoming>,
-    started: Instant,
 ) -> Result<Response<Body>, Refusal> {
+    let sni = &*info.sni;
     let policy = state.policy.load_full();
     let g = &policy.gateway;
     enforce::check_authority(req.uri(), req.headers(), sni)?;
     if req.method() == Method::GET && req.uri().path() == "/api/v1/usage" {
-        return Ok(settle::usage_response(&state.ledger));
+        let response = settle::usage_response(&state.ledger);
+        record::record(
+            state,
+            info,
+            &Exit::bare(Kind::Usage, response.status().as_u16()),
+        );
+        return Ok(response);
     }
     let endpoint = enforce::endpoint(req.method(), req.uri().path(), g)?;
     let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
@@ -70,15 +68,7 @@ async fn admit(
     let slot = tokio::time::timeout(QUEUE_WAIT, state.concurrency.clone().acquire_owned()).await;
     let permit = match slot {
         Ok(Ok(permit)) => permit,
-        _ => {
-            let mut r = Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "concurrency",
-                "too many concurrent requests; no slot freed in time",
-            );
-            r.retry_after = Some(1);
-            return Err(r);
-        }
+        _ => return Err(Refusal::no_slot()),
     };
 
     let (parts, body) = req.into_parts();
@@ -99,12 +89,14 @@ async fn admit(
         endpoint,
         model: String::new(),
         stream: false,
-        started,
+        request: info.clone(),
         auth,
         permit: Some(permit),
     };
     if !endpoint.has_body() {
-        let request = forward.body(Full::new(Bytes::new())).map_err(internal)?;
+        let request = forward
+            .body(Full::new(Bytes::new()))
+            .map_err(Refusal::internal)?;
         return Ok(settle::forward_free(state.clone(), request, metered).await);
     }
 
@@ -128,11 +120,11 @@ async fn admit(
     });
     let (reservation, quote) = reserved.map_err(|e| reserve_refusal(e, g, &state.ledger, &meta))?;
     estimate::apply(&quote, output, &mut value);
-    let body = serde_json::to_vec(&value).map_err(|e| internal(e.to_string()))?;
+    let body = serde_json::to_vec(&value).map_err(Refusal::internal)?;
     let request = forward
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(internal)?;
+        .map_err(Refusal::internal)?;
     metered.model = meta.model;
     metered.stream = admitted.stream;
     Ok(settle::forward_metered(state.clone(), request, reservation, metered).await)
@@ -143,13 +135,7 @@ fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {
         Ok(()) => Ok(()),
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut r = Refusal::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limit",
-                "request rate limit exceeded",
-            );
-            r.retry_after = Some(wait.as_secs().max(1));
-            Err(r)
+            Err(Refusal::rate_limited(wait.as_secs()))
         }
     }
 }
@@ -167,19 +153,9 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
     if !is_json {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "content-type",
-            "request body must be application/json",
-        ));
+        return Err(Refusal::not_json());
     }
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            format!("request body larger than {} bytes", g.max_body),
-        )
-    };
+    let too_large = || Refusal::body_too_large(g.max_body);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -191,33 +167,19 @@ async fn read_body(
     match tokio::time::timeout(g.read_timeout, read).await {
         Ok(Ok(held)) => Ok(held),
         Ok(Err(ReadError::TooLarge)) => Err(too_large()),
-        Ok(Err(ReadError::Budget(BudgetError::Busy))) => {
-            let mut r = Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "body-budget",
-                "too many request bodies in flight; retry shortly",
-            );
-            r.retry_after = Some(1);
-            Err(r)
-        }
+        Ok(Err(ReadError::Budget(BudgetError::Busy))) => Err(Refusal::body_budget_busy()),
         Ok(Err(ReadError::Budget(BudgetError::TooCostly { needed, total }))) => Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
+            Reason::BodyTooLarge,
             format!(
                 "checking this request body would take ~{needed} bytes of memory, \
                      more than the gateway's body budget of {total} bytes"
             ),
         )),
-        Ok(Err(ReadError::Body(error))) => Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("reading the body failed: {error}"),
-        )),
-        Err(_) => Err(Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "slow-client",
-            "request body was not received in time",
-        )),
+        Ok(Err(ReadError::Body(error))) => Err(Refusal::bad_request(format!(
+            "reading the body failed: {error}"
+        ))),
+        Err(_) => Err(Refusal::slow_client()),
     }
 }
 
@@ -225,23 +187,23 @@ fn estimate_refusal(error: EstimateError, g: &GatewaySettings) -> Refusal {
     match error {
         EstimateError::Price(e) => Refusal::new(
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::FORBIDDEN),
-            "no-price",
+            Reason::NoPrice,
             e.to_string(),
         ),
         EstimateError::Budget(b) => budget_refusal(&b, g),
-        e @ EstimateError::BadField { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "bad-request", e.to_string())
-        }
-        e @ EstimateError::Unbounded { .. } => {
-            Refusal::new(StatusCode::BAD_REQUEST, "unbounded-media", e.to_string())
-        }
+        e @ EstimateError::BadField { .. } => Refusal::bad_request(e.to_string()),
+        e @ EstimateError::Unbounded { .. } => Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Reason::UnboundedMedia,
+            e.to_string(),
+        ),
     }
 }
 
 fn budget_refusal(b: &crate::spend::BudgetExceeded, g: &GatewaySettings) -> Refusal {
     Refusal::new(
         StatusCode::from_u16(g.budget.refusal_status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-        "budget",
+        Reason::Budget,
         format!(
             "budget exhausted: ${} remaining, this request needs at least ${}",
             b.remaining, b.needed
@@ -260,22 +222,14 @@ fn reserve_refusal(
         ReserveError::Budget(b) => budget_refusal(&b, g),
         ReserveError::Journal(e) => Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "ledger",
+            Reason::Ledger,
             format!("the spend ledger cannot record this request: {e}"),
         ),
     };
-    if refusal.reason == "budget" {
+    if refusal.reason == Reason::Budget {
         ledger.record_refusal(meta, refusal.status.as_u16(), &refusal.message);
     }
     refusal
-}
-
-fn internal(error: impl std::fmt::Display) -> Refusal {
-    Refusal::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        format!("tollgate: {error}"),
-    )
 }
 
 /// The endpoint label the reference wrote in its inference log.

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{State, policy_prices};
 use crate::spend::price::{self, UpstreamPrices};
+use crate::upstream;
 
 /// How often the policy is checked for price changes, and the retry after a failed fetch.
 const TICK: Duration = Duration::from_secs(2);
@@ -72,20 +73,11 @@ async fn fetch(state: &State, policy: &tollgate_policy::Policy) -> Result<Upstre
     let request = Request::get(g.upstream.url("/api/v1/models"))
         .body(Full::new(Bytes::new()))
         .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(g.read_timeout, state.client.request(request))
+    let (parts, body) = upstream::fetch(&state.client, request, g.read_timeout, MAX_LIST)
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| format!("request failed: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("upstream answered {}", response.status()));
+        .map_err(|e| e.to_string())?;
+    if !parts.status.is_success() {
+        return Err(format!("upstream answered {}", parts.status));
     }
-    let body = tokio::time::timeout(
-        g.read_timeout,
-        Limited::new(response.into_body(), MAX_LIST).collect(),
-    )
-    .await
-    .map_err(|_| "timed out".to_owned())?
-    .map_err(|e| format!("reading failed: {e}"))?
-    .to_bytes();
     price::parse_models(&body).map_err(|e| e.to_string())
 }

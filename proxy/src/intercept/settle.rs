@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tollgate_policy::Endpoint;
 
+use super::record::{self, Charge, Exit, Kind, RequestInfo};
 use super::state::State;
 use crate::enforce::Refusal;
 use crate::spend::sse::SseParser;
 use crate::spend::usage::{self, ResponseSummary};
 use crate::spend::{Ledger, Micros, Reservation, Settlement, SettlementSource};
+use crate::upstream::{self, FetchError};
 
 /// The response body type of every gateway response.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
@@ -57,8 +59,8 @@ pub struct Metered {
     pub model: String,
     /// Whether the client asked for a stream.
     pub stream: bool,
-    /// When the request arrived.
-    pub started: Instant,
+    /// Who asked for what, and when (for the request's line).
+    pub request: Arc<RequestInfo>,
     /// The Authorization sent upstream (the generation lookup needs the same key).
     pub auth: HeaderValue,
     /// The concurrency slot, held until the upstream response is done (not through lookups).
@@ -88,20 +90,24 @@ pub async fn forward_free(
     m: Metered,
 ) -> Response<Body> {
     let timeout = state.policy.load().gateway.read_timeout;
-    match tokio::time::timeout(timeout, state.client.request(request)).await {
-        Ok(Ok(response)) => {
-            let (parts, body) = response.into_parts();
-            let limited = Limited::new(body, MAX_RESPONSE).collect();
-            match tokio::time::timeout(timeout, limited).await {
-                Ok(Ok(bytes)) => respond(parts.status, &parts.headers, bytes.to_bytes()),
-                _ => upstream_failure(StatusCode::BAD_GATEWAY, "upstream response failed"),
-            }
-        }
-        _ => {
-            drop(m);
-            upstream_failure(StatusCode::BAD_GATEWAY, "upstream unavailable")
-        }
-    }
+    let fetched = upstream::fetch(&state.client, request, timeout, MAX_RESPONSE).await;
+    let mut exit = Exit::bare(Kind::Free, 0);
+    exit.endpoint = Some(m.endpoint.name());
+    let (response, error) = match fetched {
+        Ok((parts, bytes)) => (respond(parts.status, &parts.headers, bytes), None),
+        Err(FetchError::Body(_)) => (
+            upstream_failure(StatusCode::BAD_GATEWAY, "upstream response failed"),
+            Some("upstream response failed"),
+        ),
+        Err(_) => (
+            upstream_failure(StatusCode::BAD_GATEWAY, "upstream unavailable"),
+            Some("upstream unavailable"),
+        ),
+    };
+    exit.status = response.status().as_u16();
+    exit.error = error;
+    record::record(&state, &m.request, &exit);
+    response
 }
 
 /// Forwards a priced request and settles its reservation, whatever happens to the client.
@@ -112,51 +118,11 @@ pub async fn forward_metered(
     m: Metered,
 ) -> Response<Body> {
     let read_timeout = state.policy.load().gateway.read_timeout;
+    let pending = Pending::new(state.clone(), reservation, m);
     let sent = Instant::now();
-    let response = match tokio::time::timeout(read_timeout, state.client.request(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            // A connect failure never reached the upstream; anything later may have generated.
-            let summary = ResponseSummary::default();
-            let status = StatusCode::BAD_GATEWAY;
-            if error.is_connect() {
-                let s = Settlement::new(Micros(0), SettlementSource::NotGenerated, status.as_u16());
-                finish(
-                    &state,
-                    reservation,
-                    s,
-                    &summary,
-                    &m,
-                    Some(format!("upstream connect failed: {error}")),
-                );
-            } else {
-                let note = format!("upstream request failed: {error}");
-                tokio::spawn(settle(
-                    state.clone(),
-                    reservation,
-                    summary,
-                    status,
-                    None,
-                    m,
-                    Some(note),
-                ));
-            }
-            return upstream_failure(status, "upstream unavailable");
-        }
-        Err(_) => {
-            let note = Some("no response headers within the read timeout".to_owned());
-            let status = StatusCode::GATEWAY_TIMEOUT;
-            tokio::spawn(settle(
-                state.clone(),
-                reservation,
-                ResponseSummary::default(),
-                status,
-                None,
-                m,
-                note,
-            ));
-            return upstream_failure(status, "upstream timed out");
-        }
+    let response = match upstream::send(&state.client, request, read_timeout).await {
+        Ok(response) => response,
+        Err(error) => return unanswered(pending, &error),
     };
     state
         .metrics
@@ -176,65 +142,75 @@ pub async fn forward_metered(
     if is_sse {
         let (tx, rx) = mpsc::channel(32);
         let pump = Pump {
-            state: state.clone(),
             status: parts.status,
             generation_id,
             read_timeout,
         };
-        tokio::spawn(pump.run(body, tx, reservation, m, sent));
+        tokio::spawn(pump.run(body, tx, pending, sent));
         let mut response = Response::new(ChannelBody { rx }.boxed());
         *response.status_mut() = parts.status;
         copy_headers(&parts.headers, response.headers_mut());
         return response;
     }
-    let collected =
-        tokio::time::timeout(read_timeout, Limited::new(body, MAX_RESPONSE).collect()).await;
+    let collected = upstream::read_limited(body, MAX_RESPONSE, read_timeout).await;
     state
         .metrics
         .upstream_latency
         .observe(sent.elapsed().as_secs_f64());
-    let bytes = match collected {
-        Ok(Ok(c)) => c.to_bytes(),
-        _ => {
-            let note = Some("the upstream response body failed or timed out".to_owned());
-            tokio::spawn(settle(
-                state.clone(),
-                reservation,
-                ResponseSummary::default(),
-                parts.status,
-                generation_id,
-                m,
-                note,
-            ));
-            return upstream_failure(StatusCode::BAD_GATEWAY, "upstream response failed");
-        }
+    let Ok(bytes) = collected else {
+        let note = Some("the upstream response body failed or timed out".to_owned());
+        let summary = ResponseSummary::default();
+        pending.later(summary, parts.status, generation_id, note);
+        return upstream_failure(StatusCode::BAD_GATEWAY, "upstream response failed");
     };
     let summary = usage::parse_response(&bytes).unwrap_or_default();
     if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
         // The common case settles inline: a spawned task would wake another thread per request.
-        let mut m = m;
-        drop(m.permit.take());
         let s = Settlement::new(cost, SettlementSource::Usage, parts.status.as_u16());
-        finish(&state, reservation, s, &summary, &m, None);
+        pending.now(s, &summary, None);
     } else {
-        tokio::spawn(settle(
-            state.clone(),
-            reservation,
-            summary,
-            parts.status,
-            generation_id,
-            m,
-            None,
-        ));
+        pending.later(summary, parts.status, generation_id, None);
     }
     respond(parts.status, &parts.headers, bytes)
+}
+
+/// No response head came back: settle (a connect failure never reached the upstream, anything
+/// later may have generated) and tell the agent.
+fn unanswered(pending: Pending, error: &FetchError) -> Response<Body> {
+    let summary = ResponseSummary::default();
+    match error {
+        FetchError::Timeout => {
+            let note = Some("no response headers within the read timeout".to_owned());
+            let status = StatusCode::GATEWAY_TIMEOUT;
+            pending.later(summary, status, None, note);
+            upstream_failure(status, "upstream timed out")
+        }
+        error => {
+            let status = StatusCode::BAD_GATEWAY;
+            let cause = match error {
+                FetchError::Request(e) => e.to_string(),
+                other => other.to_string(),
+            };
+            if error.is_connect() {
+                let s = Settlement::new(Micros(0), SettlementSource::NotGenerated, status.as_u16());
+                pending.now(
+                    s,
+                    &summary,
+                    Some(format!("upstream connect failed: {cause}")),
+                );
+            } else {
+                let note = Some(format!("upstream request failed: {cause}"));
+                pending.later(summary, status, None, note);
+            }
+            upstream_failure(status, "upstream unavailable")
+        }
+    }
 }
 
 /// Drives an SSE response: every chunk goes to the client as it arrives and, as a copy, to the
 /// usage parser. If the client leaves, the upstream is dropped (stopping the generation) and the
 /// request is settled from the generation record.
 struct Pump {
-    state: Arc<State>,
     status: StatusCode,
     generation_id: Option<String>,
     read_timeout: Duration,
@@ -245,8 +221,7 @@ impl Pump {
         self,
         mut body: Incoming,
         tx: mpsc::Sender<Chunk>,
-        reservation: Reservation,
-        m: Metered,
+        pending: Pending,
         sent: Instant,
     ) {
         let mut parser = SseParser::new();
@@ -289,7 +264,8 @@ impl Pump {
         }
         drop(body);
         drop(tx);
-        self.state
+        pending
+            .state
             .metrics
             .upstream_latency
             .observe(sent.elapsed().as_secs_f64());
@@ -297,106 +273,140 @@ impl Pump {
         if summary.overflowed {
             note.get_or_insert_with(|| "stream event too large to parse".to_owned());
         }
-        settle(
-            self.state,
-            reservation,
-            summary.response,
-            self.status,
-            self.generation_id,
-            m,
-            note,
-        )
-        .await;
+        pending
+            .settle(summary.response, self.status, self.generation_id, note)
+            .await;
     }
 }
 
-/// Settles from the usage if the response had one, else from the generation record, else at
-/// the worst case.
-async fn settle(
+/// A granted reservation not yet settled, with what settling it needs: settle it [now](Self::now)
+/// with a known cost, or [later](Self::later) from the usage, the generation record or the worst
+/// case. Every metered request's line is written by its settlement, so no path can forget to
+/// settle: dropped unsettled (a cancelled future, a panicking task, a runtime shutting down), it
+/// settles at the reserved worst case and still writes the line.
+pub struct Pending {
     state: Arc<State>,
-    reservation: Reservation,
-    summary: ResponseSummary,
-    status: StatusCode,
-    generation_id: Option<String>,
-    mut m: Metered,
-    note: Option<String>,
-) {
-    // The upstream exchange is over: free the slot before a lookup that may take seconds.
-    drop(m.permit.take());
-    let code = status.as_u16();
-    if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
-        let s = Settlement::new(cost, SettlementSource::Usage, code);
-        return finish(&state, reservation, s, &summary, &m, note);
-    }
-    let id = generation_id.or_else(|| summary.id.clone());
-    if status.is_client_error() && id.is_none() {
-        // Refused by the upstream before generating (bad request, rate limit, no credit).
-        let s = Settlement::new(Micros(0), SettlementSource::NotGenerated, code);
-        return finish(&state, reservation, s, &summary, &m, note);
-    }
-    if let Some(id) = id
-        && let Some(generation) = lookup_generation(&state, &id, &m.auth).await
-    {
-        let mut s = Settlement::new(generation.cost, SettlementSource::Generation, code);
-        s.prompt_tokens = generation.prompt_tokens;
-        s.completion_tokens = generation.completion_tokens;
-        s.routed_model = generation.model;
-        s.provider = generation.provider;
-        s.generation_id = Some(id);
-        return finish(&state, reservation, s, &summary, &m, note);
-    }
-    let worst = Settlement::new(reservation.amount(), SettlementSource::WorstCase, code);
-    finish(&state, reservation, worst, &summary, &m, note);
+    reservation: Option<Reservation>,
+    m: Metered,
 }
 
-/// Charges the settlement, counts it and writes the request's one log line.
-fn finish(
-    state: &State,
-    reservation: Reservation,
-    mut s: Settlement,
-    summary: &ResponseSummary,
-    m: &Metered,
-    note: Option<String>,
-) {
-    let usage = summary.usage.as_ref();
-    s.prompt_tokens = s.prompt_tokens.or(usage.and_then(|u| u.prompt_tokens));
-    s.completion_tokens = s
-        .completion_tokens
-        .or(usage.and_then(|u| u.completion_tokens));
-    s.routed_model = s.routed_model.take().or_else(|| summary.model.clone());
-    s.provider = s.provider.take().or_else(|| summary.provider.clone());
-    s.generation_id = s.generation_id.take().or_else(|| summary.id.clone());
-    let upstream_error = summary.error.as_ref().map(|e| {
-        let code = e.code.as_deref().unwrap_or("?");
-        format!(
-            "upstream error {code}: {}",
-            e.message.as_deref().unwrap_or("")
-        )
-    });
-    s.error = upstream_error.or(note);
-    s.latency = Some(m.started.elapsed());
-    let (source, cost, status, error) = (s.source, s.cost, s.status_code, s.error.clone());
-    let settled = reservation.settle(s);
-    let model_label = state.spend_metrics.model_label(&m.model);
-    state
-        .metrics
-        .llm_requests
-        .with_label_values(&[model_label, &status.to_string()])
-        .inc();
-    tracing::info!(
-        target: "tollgate::request",
-        endpoint = m.endpoint.name(),
-        model = %m.model,
-        stream = m.stream,
-        status,
-        cost_usd = %cost,
-        charged_usd = %settled.charged,
-        remaining_usd = %settled.remaining,
-        source = source.as_str(),
-        latency_ms = m.started.elapsed().as_millis() as u64,
-        error = error.as_deref().unwrap_or("-"),
-        "request"
-    );
+impl Pending {
+    /// Takes charge of `reservation`.
+    pub fn new(state: Arc<State>, reservation: Reservation, m: Metered) -> Self {
+        Self {
+            state,
+            reservation: Some(reservation),
+            m,
+        }
+    }
+
+    /// Settles at once: charges `s` (completed from `summary`), counts it and writes the line.
+    pub fn now(mut self, s: Settlement, summary: &ResponseSummary, note: Option<String>) {
+        self.charge(s, summary, note);
+    }
+
+    /// Settles in a task of its own (a generation lookup may take seconds).
+    pub fn later(
+        self,
+        summary: ResponseSummary,
+        status: StatusCode,
+        generation_id: Option<String>,
+        note: Option<String>,
+    ) {
+        tokio::spawn(self.settle(summary, status, generation_id, note));
+    }
+
+    /// Settles from the usage if the response had one, else from the generation record, else
+    /// at the worst case.
+    pub async fn settle(
+        mut self,
+        summary: ResponseSummary,
+        status: StatusCode,
+        generation_id: Option<String>,
+        note: Option<String>,
+    ) {
+        // The upstream exchange is over: free the slot before a lookup that may take seconds.
+        drop(self.m.permit.take());
+        let code = status.as_u16();
+        if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
+            let s = Settlement::new(cost, SettlementSource::Usage, code);
+            return self.now(s, &summary, note);
+        }
+        let id = generation_id.or_else(|| summary.id.clone());
+        if status.is_client_error() && id.is_none() {
+            // Refused by the upstream before generating (bad request, rate limit, no credit).
+            let s = Settlement::new(Micros(0), SettlementSource::NotGenerated, code);
+            return self.now(s, &summary, note);
+        }
+        if let Some(id) = id
+            && let Some(generation) = lookup_generation(&self.state, &id, &self.m.auth).await
+        {
+            let mut s = Settlement::new(generation.cost, SettlementSource::Generation, code);
+            s.prompt_tokens = generation.prompt_tokens;
+            s.completion_tokens = generation.completion_tokens;
+            s.routed_model = generation.model;
+            s.provider = generation.provider;
+            s.generation_id = Some(id);
+            return self.now(s, &summary, note);
+        }
+        let worst = self
+            .reservation
+            .as_ref()
+            .map_or(Micros(0), Reservation::amount);
+        let s = Settlement::new(worst, SettlementSource::WorstCase, code);
+        self.now(s, &summary, note);
+    }
+
+    /// Charges the settlement and ends the request in [`record`].
+    fn charge(&mut self, mut s: Settlement, summary: &ResponseSummary, note: Option<String>) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        drop(self.m.permit.take());
+        let usage = summary.usage.as_ref();
+        s.prompt_tokens = s.prompt_tokens.or(usage.and_then(|u| u.prompt_tokens));
+        s.completion_tokens = s
+            .completion_tokens
+            .or(usage.and_then(|u| u.completion_tokens));
+        s.routed_model = s.routed_model.take().or_else(|| summary.model.clone());
+        s.provider = s.provider.take().or_else(|| summary.provider.clone());
+        s.generation_id = s.generation_id.take().or_else(|| summary.id.clone());
+        let upstream_error = summary.error.as_ref().map(|e| {
+            let code = e.code.as_deref().unwrap_or("?");
+            format!(
+                "upstream error {code}: {}",
+                e.message.as_deref().unwrap_or("")
+            )
+        });
+        s.error = upstream_error.or(note);
+        s.latency = Some(self.m.request.started.elapsed());
+        let (source, cost, status, error) = (s.source, s.cost, s.status_code, s.error.clone());
+        let settled = reservation.settle(s);
+        let exit = Exit {
+            endpoint: Some(self.m.endpoint.name()),
+            model: &self.m.model,
+            stream: self.m.stream,
+            charge: Some(Charge {
+                cost,
+                charged: settled.charged,
+                remaining: settled.remaining,
+                source,
+            }),
+            error: error.as_deref(),
+            ..Exit::bare(Kind::Metered, status)
+        };
+        record::record(&self.state, &self.m.request, &exit);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(reservation) = &self.reservation {
+            let s = Settlement::new(reservation.amount(), SettlementSource::WorstCase, 0);
+            let note = "dropped before settlement: settled at its worst case".to_owned();
+            self.charge(s, &ResponseSummary::default(), Some(note));
+        }
+    }
 }
 
 /// `GET /api/v1/generation?id=` with backoff; `None` when no cost could be learned in time.
@@ -416,23 +426,15 @@ async fn lookup_generation(
             .header(header::AUTHORIZATION, auth.clone())
             .body(Full::new(Bytes::new()))
             .ok()?;
-        let Ok(Ok(response)) =
-            tokio::time::timeout(g.read_timeout, state.client.request(request)).await
+        let Ok((parts, body)) =
+            upstream::fetch(&state.client, request, g.read_timeout, 1 << 20).await
         else {
             continue;
         };
-        if !response.status().is_success() {
+        if !parts.status.is_success() {
             continue;
         }
-        let Ok(Ok(body)) = tokio::time::timeout(
-            g.read_timeout,
-            Limited::new(response.into_body(), 1 << 20).collect(),
-        )
-        .await
-        else {
-            continue;
-        };
-        if let Some(cost) = usage::parse_generation(&body.to_bytes()) {
+        if let Some(cost) = usage::parse_generation(&body) {
             return Some(cost);
         }
     }
@@ -466,7 +468,7 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 fn upstream_failure(status: StatusCode, message: &str) -> Response<Body> {
-    full(Refusal::new(status, "upstream", message).response())
+    full(Refusal::upstream(status, message).response())
 }
 
 /// One chunk of a streamed response, or the error that broke the upstream stream.
@@ -495,3 +497,6 @@ impl hyper::body::Body for ChannelBody {
         SizeHint::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tollgate_policy::{GatewaySettings, KeySource, Policy, Price};
 
 use super::body_budget::BodyBudget;
-use crate::enforce::Refusal;
+use crate::enforce::{Reason, Refusal};
 use crate::metrics::Metrics;
 use crate::metrics::spend::SpendMetrics;
 use crate::spend::price::{ModelEntry, ModelLimits};
@@ -75,17 +75,17 @@ impl WorkspaceStatus {
         match latest {
             None => Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "workspace-unverified",
+                Reason::WorkspaceUnverified,
                 "the workspace's privacy settings have not been verified yet",
             )),
             Some(r) if r.at.elapsed() > g.workspace.stale_after => Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "workspace-stale",
+                Reason::WorkspaceStale,
                 "the workspace's privacy settings could not be verified recently",
             )),
             Some(r) if !r.enabled_flags.is_empty() => Err(Refusal::new(
                 StatusCode::FORBIDDEN,
-                "workspace-unsafe",
+                Reason::WorkspaceUnsafe,
                 format!(
                     "the workspace has data logging enabled: {}",
                     r.enabled_flags.join(", ")
@@ -200,6 +200,6 @@ mod tests {
             at: Instant::now() - Duration::from_secs(3),
             enabled_flags: vec![],
         });
-        assert_eq!(status.check(g).unwrap_err().reason, "workspace-stale");
+        assert_eq!(status.check(g).unwrap_err().reason, Reason::WorkspaceStale);
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{State, read_secret};
+use crate::upstream;
 
 /// The flags that must all be false for requests to pass.
 pub const PRIVACY_FLAGS: [&str; 3] = [
@@ -56,19 +57,10 @@ async fn read_once(state: &State) -> Result<Option<Duration>, String> {
     .body(Full::new(Bytes::new()))
     .map_err(|_| "cannot build the request".to_owned())?;
     let timeout = policy.gateway.read_timeout.min(Duration::from_secs(30));
-    let response = tokio::time::timeout(timeout, state.client.request(request))
+    let (parts, body) = upstream::fetch(&state.client, request, timeout, 1 << 20)
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let body = tokio::time::timeout(
-        timeout,
-        Limited::new(response.into_body(), 1 << 20).collect(),
-    )
-    .await
-    .map_err(|_| "timed out".to_owned())?
-    .map_err(|e| format!("reading failed: {e}"))?
-    .to_bytes();
+        .map_err(|e| e.to_string())?;
+    let status = parts.status;
     if !status.is_success() {
         return Err(format!("upstream answered {status}"));
     }
