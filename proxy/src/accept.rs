@@ -105,7 +105,7 @@ impl Acceptor {
                     self.kind,
                     peer,
                     phase,
-                    "connection-limit",
+                    crate::route::Reason::ConnectionLimit,
                 );
                 drop(stream);
                 continue;

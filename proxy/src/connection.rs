@@ -190,11 +190,11 @@ pub fn refuse(
     listener: Listener,
     peer: SocketAddr,
     phase: Phase,
-    reason: &'static str,
+    reason: route::Reason,
 ) {
     metrics
         .connections_refused
-        .with_label_values(&[reason])
+        .with_label_values(&[reason.as_str()])
         .inc();
     let outcome = Outcome::rejected(listener, phase, None, Decision::reject(reason), 0);
     record(metrics, &outcome, peer, None, Duration::ZERO);
@@ -219,7 +219,7 @@ async fn serve(
                 .client_hello_failures
                 .with_label_values(&[reason])
                 .inc();
-            let decision = Decision::reject(reason);
+            let decision = Decision::reject(route::Reason::Hello(reason));
             let mut outcome = Outcome::rejected(Listener::Sni, ctx.phase.get(), None, decision, 0);
             outcome.error = Some(error.to_string());
             return outcome;
@@ -274,10 +274,10 @@ fn ech_refusal(
     decision: &Decision,
     encrypted: Option<client_hello::Encrypted>,
 ) -> Option<String> {
-    let kind = encrypted.filter(|_| decision.reason == route::reason::ECH)?;
+    let kind = encrypted.filter(|_| decision.reason == route::Reason::Ech)?;
     metrics
         .client_hello_failures
-        .with_label_values(&[route::reason::ECH])
+        .with_label_values(&[route::Reason::Ech.as_str()])
         .inc();
     Some(format!(
         "client hello carries {}: the real server name is hidden; the host's policy does not set \
@@ -335,10 +335,10 @@ async fn capture(
                 let port = crate::metrics::port_label(dst.port());
                 ctx.metrics
                     .capture_rejections
-                    .with_label_values(&[port.as_ref(), decision.reason])
+                    .with_label_values(&[port.as_ref(), decision.reason.as_str()])
                     .inc();
                 error = address::non_public_kind(dst.ip())
-                    .filter(|_| decision.reason == route::reason::NON_PUBLIC_ADDRESS)
+                    .filter(|_| decision.reason == route::Reason::NonPublicAddress)
                     .map(|kind| format!("{} is {kind} and no [capture] allow names it", dst.ip()));
             }
             let mut outcome = Outcome::rejected(Listener::Capture, phase, None, decision, 0);
@@ -368,7 +368,7 @@ fn record(
     let d = &o.decision;
     metrics
         .connections
-        .with_label_values(&[d.route.as_str(), d.reason, d.rule_label()])
+        .with_label_values(&[d.route.as_str(), d.reason.as_str(), d.rule_label()])
         .inc();
     metrics.connection_duration.observe(duration.as_secs_f64());
     let orig = orig_dst.map_or_else(|| "-".to_owned(), |a| a.to_string());
@@ -379,7 +379,7 @@ fn record(
         orig_dst = %orig,
         sni = o.sni.as_deref().unwrap_or("-"),
         route = d.route.as_str(),
-        reason = d.reason,
+        reason = d.reason.as_str(),
         rule = d.rule_label(),
         phase = o.phase.as_str(),
         bytes_up = o.bytes_up,

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_hello::ClientHello;
+use crate::route::Reason;
 use crate::tunnel::BoxFuture;
 
 /// An intercepted connection, as the router hands it over.
@@ -44,7 +45,7 @@ pub struct Intercepted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// Bounded reason for the log line and metrics.
-    pub reason: &'static str,
+    pub reason: Reason,
     /// Bytes read from the client (ClientHello included).
     pub bytes_up: u64,
     /// Bytes written to the client.
@@ -67,7 +68,7 @@ impl Interceptor for Unavailable {
         drop(conn);
         Box::pin(async move {
             Outcome {
-                reason: "intercept-unavailable",
+                reason: Reason::InterceptUnavailable,
                 bytes_up,
                 bytes_down: 0,
             }

@@ -235,7 +235,7 @@ impl Metrics {
             }
         }
         self.connections_refused
-            .with_label_values(&["connection-limit"]);
+            .with_label_values(&[crate::route::Reason::ConnectionLimit.as_str()]);
         for direction in ["upstream", "downstream"] {
             self.tunnel_bytes.with_label_values(&[direction]);
         }

@@ -45,15 +45,15 @@ impl fmt::Display for Route {
 pub struct Decision {
     /// Where the connection goes.
     pub route: Route,
-    /// Why, as a short static string (a log field and metric label).
-    pub reason: &'static str,
+    /// Why (a log field and metric label).
+    pub reason: Reason,
     /// The policy pattern that matched, as written in the policy; `None` when no rule matched.
     pub rule: Option<String>,
 }
 
 impl Decision {
     /// A rejection that no policy rule decided (unparseable input, limits, failures).
-    pub fn reject(reason: &'static str) -> Self {
+    pub fn reject(reason: Reason) -> Self {
         Self {
             route: Route::Reject,
             reason,
@@ -67,30 +67,104 @@ impl Decision {
     }
 }
 
-/// Reasons a decision can carry; shared with the stages that downgrade a route on failure.
-pub mod reason {
+/// Why a connection went where it went, or ended as it did: one variant per cause (a log field
+/// and metric label). Route decisions come first, then what later stages report (accept, tunnel
+/// dial, the gateway), and a ClientHello failure carries [`HelloError::reason`](crate::client_hello::HelloError::reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
     /// The host is one the gateway intercepts.
-    pub const INTERCEPT: &str = "intercept";
+    Intercept,
     /// Agent phase, host on the allow list.
-    pub const ALLOW_LISTED: &str = "allow-listed";
+    AllowListed,
     /// Agent phase, host not on the allow list.
-    pub const NOT_ALLOW_LISTED: &str = "not-allow-listed";
+    NotAllowListed,
     /// Host on the deny list (either phase).
-    pub const DENIED: &str = "denied";
+    Denied,
     /// Verification phase, host not denied.
-    pub const VERIFICATION_OPEN: &str = "verification-open";
+    VerificationOpen,
     /// A captured connection that was not redirected: nothing to route it to.
-    pub const NO_ORIGINAL_DESTINATION: &str = "no-original-destination";
+    NoOriginalDestination,
     /// Cloud metadata and agent endpoints, refused whatever the policy says.
-    pub const METADATA: &str = "metadata";
+    Metadata,
     /// A non-public destination (the Pod, the node, the cluster) the policy does not open; the
     /// tunnel's dial failure for resolved addresses carries the same reason.
-    pub const NON_PUBLIC_ADDRESS: &str = "non-public-address";
+    NonPublicAddress,
     /// A ClientHello that carries Encrypted Client Hello (or the older ESNI) for a host whose
     /// policy does not opt in: the outer SNI would not name the real destination.
-    pub const ECH: &str = "ech";
+    Ech,
     /// One of the proxy's own ports: would loop, or reach the proxy's internals.
-    pub const PROXY_PORT: &str = "proxy-port";
+    ProxyPort,
+    /// More connections open than `--max-connections` allows: refused at accept.
+    ConnectionLimit,
+    /// The tunnel's resolver failed or returned nothing.
+    ResolveFailed,
+    /// Connecting failed on every permitted address.
+    ConnectFailed,
+    /// The tunnel's connect timeout ran out.
+    ConnectTimeout,
+    /// The gateway served the intercepted connection (its requests have their own lines).
+    Intercepted,
+    /// More intercepted connections open than `--max-intercepted-connections` allows.
+    InterceptLimit,
+    /// No gateway is plugged in: intercepted connections are closed.
+    InterceptUnavailable,
+    /// The gateway's TLS handshake failed.
+    TlsHandshakeFailed,
+    /// The gateway's TLS handshake took too long.
+    TlsHandshakeTimeout,
+    /// The ClientHello could not be read: `HelloError::reason()` (`not-tls`, `timeout`, ...).
+    Hello(&'static str),
+}
+
+impl Reason {
+    /// Every reason but the ClientHello failures (those are `HelloError`'s).
+    pub const ALL: [Reason; 19] = [
+        Reason::Intercept,
+        Reason::AllowListed,
+        Reason::NotAllowListed,
+        Reason::Denied,
+        Reason::VerificationOpen,
+        Reason::NoOriginalDestination,
+        Reason::Metadata,
+        Reason::NonPublicAddress,
+        Reason::Ech,
+        Reason::ProxyPort,
+        Reason::ConnectionLimit,
+        Reason::ResolveFailed,
+        Reason::ConnectFailed,
+        Reason::ConnectTimeout,
+        Reason::Intercepted,
+        Reason::InterceptLimit,
+        Reason::InterceptUnavailable,
+        Reason::TlsHandshakeFailed,
+        Reason::TlsHandshakeTimeout,
+    ];
+
+    /// The log field and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Intercept => "intercept",
+            Reason::AllowListed => "allow-listed",
+            Reason::NotAllowListed => "not-allow-listed",
+            Reason::Denied => "denied",
+            Reason::VerificationOpen => "verification-open",
+            Reason::NoOriginalDestination => "no-original-destination",
+            Reason::Metadata => "metadata",
+            Reason::NonPublicAddress => "non-public-address",
+            Reason::Ech => "ech",
+            Reason::ProxyPort => "proxy-port",
+            Reason::ConnectionLimit => "connection-limit",
+            Reason::ResolveFailed => "resolve-failed",
+            Reason::ConnectFailed => "connect-failed",
+            Reason::ConnectTimeout => "connect-timeout",
+            Reason::Intercepted => "intercepted",
+            Reason::InterceptLimit => "intercept-limit",
+            Reason::InterceptUnavailable => "intercept-unavailable",
+            Reason::TlsHandshakeFailed => "tls-handshake-failed",
+            Reason::TlsHandshakeTimeout => "tls-handshake-timeout",
+            Reason::Hello(reason) => reason,
+        }
+    }
 }
 
 /// Decides where a captured (non-SNI-port) connection goes, from its original destination.
@@ -107,38 +181,38 @@ pub fn decide_capture(
     own_ports: &[u16],
 ) -> Decision {
     let Some(dst) = orig_dst else {
-        return Decision::reject(reason::NO_ORIGINAL_DESTINATION);
+        return Decision::reject(Reason::NoOriginalDestination);
     };
     // `::ffff:a.b.c.d` is IPv4 on the wire: match it against IPv4 entries, so that neither a
     // deny entry nor an allow entry depends on how the address was spelt.
     let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
     if address::is_cloud_metadata(dst.ip()) {
-        return Decision::reject(reason::METADATA);
+        return Decision::reject(Reason::Metadata);
     }
     if own_ports.contains(&dst.port()) {
-        return Decision::reject(reason::PROXY_PORT);
+        return Decision::reject(Reason::ProxyPort);
     }
     if let Some(rule) = policy.capture.denied(dst) {
-        return destination(Route::Reject, reason::DENIED, rule);
+        return destination(Route::Reject, Reason::Denied, rule);
     }
     let allowed = policy.capture.allowed(dst);
     if allowed.is_none() && address::non_public_kind(dst.ip()).is_some() {
-        return Decision::reject(reason::NON_PUBLIC_ADDRESS);
+        return Decision::reject(Reason::NonPublicAddress);
     }
     match phase {
         Phase::Agent => match allowed {
-            Some(rule) => destination(Route::Tunnel, reason::ALLOW_LISTED, rule),
-            None => Decision::reject(reason::NOT_ALLOW_LISTED),
+            Some(rule) => destination(Route::Tunnel, Reason::AllowListed, rule),
+            None => Decision::reject(Reason::NotAllowListed),
         },
         Phase::Verification => Decision {
             route: Route::Tunnel,
-            reason: reason::VERIFICATION_OPEN,
+            reason: Reason::VerificationOpen,
             rule: allowed.map(ToString::to_string),
         },
     }
 }
 
-fn destination(route: Route, reason: &'static str, rule: &Destination) -> Decision {
+fn destination(route: Route, reason: Reason, rule: &Destination) -> Decision {
     Decision {
         route,
         reason,
@@ -154,19 +228,19 @@ pub fn decide(sni: &str, _orig_dst: Option<SocketAddr>, phase: Phase, policy: &P
     // The original destination is logged but deliberately not trusted for routing: the tunnel
     // dials the SNI host as the proxy resolves it, so a forged destination gains nothing.
     if let Some(rule) = policy.intercept.find(sni) {
-        return matched(Route::Intercept, reason::INTERCEPT, rule);
+        return matched(Route::Intercept, Reason::Intercept, rule);
     }
     if let Some(rule) = policy.deny.find(sni) {
-        return matched(Route::Reject, reason::DENIED, rule);
+        return matched(Route::Reject, Reason::Denied, rule);
     }
     match phase {
         Phase::Agent => match policy.allow.find(sni) {
-            Some(rule) => matched(Route::Tunnel, reason::ALLOW_LISTED, rule),
-            None => Decision::reject(reason::NOT_ALLOW_LISTED),
+            Some(rule) => matched(Route::Tunnel, Reason::AllowListed, rule),
+            None => Decision::reject(Reason::NotAllowListed),
         },
         Phase::Verification => Decision {
             route: Route::Tunnel,
-            reason: reason::VERIFICATION_OPEN,
+            reason: Reason::VerificationOpen,
             rule: policy.allow.find(sni).map(ToString::to_string),
         },
     }
@@ -191,14 +265,14 @@ pub fn decide_hello(
     if decision.route == Route::Tunnel && hello.encrypted.is_some() && !opted_in() {
         return Decision {
             route: Route::Reject,
-            reason: reason::ECH,
+            reason: Reason::Ech,
             ..decision
         };
     }
     decision
 }
 
-fn matched(route: Route, reason: &'static str, rule: &impl ToString) -> Decision {
+fn matched(route: Route, reason: Reason, rule: &impl ToString) -> Decision {
     Decision {
         route,
         reason,

@@ -87,12 +87,13 @@ pub enum DialError {
 
 impl DialError {
     /// The bounded reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> crate::route::Reason {
+        use crate::route::Reason;
         match self {
-            DialError::Resolve(_) => "resolve-failed",
-            DialError::NonPublic { .. } => crate::route::reason::NON_PUBLIC_ADDRESS,
-            DialError::Connect(_) => "connect-failed",
-            DialError::Timeout => "connect-timeout",
+            DialError::Resolve(_) => Reason::ResolveFailed,
+            DialError::NonPublic { .. } => Reason::NonPublicAddress,
+            DialError::Connect(_) => Reason::ConnectFailed,
+            DialError::Timeout => Reason::ConnectTimeout,
         }
     }
 }

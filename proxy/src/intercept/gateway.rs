@@ -23,6 +23,7 @@ use super::state::{SecretError, State, WorkspaceStatus, policy_prices, read_secr
 use super::{Intercepted, Interceptor, Outcome, exchange, pricing, workspace};
 use crate::metrics::Metrics;
 use crate::metrics::spend::SpendMetrics;
+use crate::route::Reason;
 use crate::spend::{EstimateConfig, Ledger, LedgerConfig};
 use crate::tunnel::BoxFuture;
 use crate::upstream;
@@ -259,7 +260,7 @@ impl Interceptor for Gateway {
             drop(conn);
             return Box::pin(async move {
                 Outcome {
-                    reason: "intercept-limit",
+                    reason: Reason::InterceptLimit,
                     bytes_up,
                     bytes_down: 0,
                 }
@@ -281,9 +282,9 @@ impl Interceptor for Gateway {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, sni = %conn.hello.sni, "TLS handshake failed");
-                    return outcome("tls-handshake-failed");
+                    return outcome(Reason::TlsHandshakeFailed);
                 }
-                Err(_) => return outcome("tls-handshake-timeout"),
+                Err(_) => return outcome(Reason::TlsHandshakeTimeout),
             };
             let sni: Arc<str> = Arc::from(conn.hello.sni.as_str());
             let service = service_fn(move |req| {
@@ -301,10 +302,10 @@ impl Interceptor for Gateway {
                 }
             };
             match served {
-                Ok(()) => outcome("intercepted"),
+                Ok(()) => outcome(Reason::Intercepted),
                 Err(error) => {
                     tracing::debug!(%error, "intercepted connection ended with an error");
-                    outcome("intercepted")
+                    outcome(Reason::Intercepted)
                 }
             }
         })

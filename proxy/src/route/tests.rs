@@ -110,7 +110,7 @@ fn decides_every_case_in_both_phases() {
     for &(sni, phase, route, reason, rule) in cases {
         let d = decide(sni, None, phase, &p);
         assert_eq!(
-            (d.route, d.reason, d.rule.as_deref()),
+            (d.route, d.reason.as_str(), d.rule.as_deref()),
             (route, reason, rule),
             "{sni} in {phase:?}"
         );
@@ -139,7 +139,7 @@ fn the_embedded_default_intercepts_openrouter_and_nothing_else() {
         Route::Reject
     );
     assert_eq!(
-        decide("github.com", None, Phase::Agent, &p).reason,
+        decide("github.com", None, Phase::Agent, &p).reason.as_str(),
         "not-allow-listed"
     );
 }
@@ -323,7 +323,7 @@ fn decides_captured_connections_by_original_destination() {
         let dst = dst.map(|d| d.parse().unwrap());
         let d = decide_capture(dst, phase, &p, &own);
         assert_eq!(
-            (d.route, d.reason, d.rule.as_deref()),
+            (d.route, d.reason.as_str(), d.rule.as_deref()),
             (route, reason, rule),
             "{dst:?} in {phase:?}"
         );
@@ -371,12 +371,16 @@ fn non_public_capture_destinations_are_refused_in_both_phases() {
     for phase in [Phase::Agent, Phase::Verification] {
         for dst in metadata {
             let d = decide_capture(Some(dst.parse().unwrap()), phase, &open, &own);
-            assert_eq!((d.route, d.reason), (Route::Reject, "metadata"), "{dst}");
+            assert_eq!(
+                (d.route, d.reason.as_str()),
+                (Route::Reject, "metadata"),
+                "{dst}"
+            );
         }
         for dst in non_public {
             let d = decide_capture(Some(dst.parse().unwrap()), phase, &open, &own);
             assert_eq!(
-                (d.route, d.reason),
+                (d.route, d.reason.as_str()),
                 (Route::Reject, "non-public-address"),
                 "{dst} in {phase:?}"
             );
@@ -395,7 +399,7 @@ fn the_tunnel_and_the_capture_router_share_the_non_public_reason() {
         addr: "10.0.0.1".parse().unwrap(),
         kind: "private",
     };
-    assert_eq!(error.reason(), reason::NON_PUBLIC_ADDRESS);
+    assert_eq!(error.reason(), Reason::NonPublicAddress);
 }
 
 const ECH_POLICY: &str = r#"
@@ -464,7 +468,7 @@ fn ech_hellos_are_refused_unless_the_host_opts_in() {
     for &(sni, encrypted, phase, route, reason) in cases {
         let d = decide_hello(&hello(sni, encrypted), None, phase, &p);
         assert_eq!(
-            (d.route, d.reason),
+            (d.route, d.reason.as_str()),
             (route, reason),
             "{sni} {encrypted:?} in {phase:?}"
         );

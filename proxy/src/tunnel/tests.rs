@@ -93,7 +93,7 @@ async fn resolver_failures_and_empty_answers_are_resolve_failed() {
             .await
             .unwrap_err();
         assert!(matches!(err, DialError::Resolve(_)), "{err:?}");
-        assert_eq!(err.reason(), "resolve-failed");
+        assert_eq!(err.reason().as_str(), "resolve-failed");
         assert_eq!(resolver.asked.lock().unwrap().len(), 1);
     }
 }
@@ -120,7 +120,7 @@ async fn non_public_answers_are_refused_before_any_connect() {
             }
             other => panic!("{answer:?}: {other:?}"),
         }
-        assert_eq!(err.reason(), crate::route::reason::NON_PUBLIC_ADDRESS);
+        assert_eq!(err.reason(), crate::route::Reason::NonPublicAddress);
     }
     let pending = tokio::time::timeout(Duration::from_millis(50), listener.accept()).await;
     assert!(pending.is_err(), "a refused answer was dialled");
@@ -153,5 +153,5 @@ async fn a_resolver_that_never_answers_is_a_connect_timeout() {
     let err = dial(target(443, &[], &[]), &Never, TIMEOUT)
         .await
         .unwrap_err();
-    assert_eq!(err.reason(), "connect-timeout");
+    assert_eq!(err.reason().as_str(), "connect-timeout");
 }
