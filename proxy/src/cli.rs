@@ -267,18 +267,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let admin_stop = CancellationToken::new();
-    let mut admin_ports = Vec::new();
-    for listener in admin {
-        admin_ports.extend(log_listening("admin", &listener));
-        tokio::spawn(admin::serve(
-            listener,
-            metrics.clone(),
-            ready.clone(),
-            probe.clone(),
-            read_only,
-            admin_stop.clone(),
-        ));
-    }
+    let admin_ports = serve_admin(admin, &metrics, &ready, probe, read_only, &admin_stop);
     let _stop_admin = admin_stop.drop_guard();
 
     let gateway = !policy.policy.intercept.is_empty();
@@ -310,7 +299,46 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let settings = Settings {
+    let resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
+    let mut server = Server::new(listeners, capture, None, settings(args, read_only), policy);
+    server.metrics = metrics;
+    server.ready = ready;
+    server.other_own_ports = admin_ports;
+    server.usage = usage.into_iter().next();
+    server.gateway = gateway;
+    server.dns = dns;
+    server.resolv = resolv;
+    server.run(shutdown).await?;
+    Ok(())
+}
+
+/// Serves the admin port on each bound listener until `stop`; returns their ports.
+fn serve_admin(
+    admin: Vec<tokio::net::TcpListener>,
+    metrics: &Metrics,
+    ready: &Arc<Readiness>,
+    probe: Option<Arc<ProbeKey>>,
+    read_only: ReadOnlyLimits,
+    stop: &CancellationToken,
+) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for listener in admin {
+        ports.extend(log_listening("admin", &listener));
+        tokio::spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            probe.clone(),
+            read_only,
+            stop.clone(),
+        ));
+    }
+    ports
+}
+
+/// The server's settings from the flags.
+fn settings(args: RunArgs, read_only: ReadOnlyLimits) -> Settings {
+    Settings {
         hello_timeout: args.hello_timeout,
         limits: Limits {
             max_connections: args.max_connections as usize,
@@ -326,17 +354,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             body_budget: args.body_budget.0,
             max_connections: args.max_intercepted_connections as usize,
         },
-    };
-    let mut server = Server::new(listeners, capture, None, settings, policy);
-    server.metrics = metrics;
-    server.ready = ready;
-    server.other_own_ports = admin_ports;
-    server.usage = usage.into_iter().next();
-    server.gateway = gateway;
-    server.dns = dns;
-    server.resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
-    server.run(shutdown).await?;
-    Ok(())
+    }
 }
 
 fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {

@@ -88,121 +88,102 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let m = Self {
-            connections: IntCounterVec::new(
-                Opts::new("tollgate_connections_total", "Connections by route, reason and policy rule."),
+            connections: counter_vec(
+                "tollgate_connections_total",
+                "Connections by route, reason and policy rule.",
                 &["route", "reason", "rule"],
-            )
-            .expect("static metric definition is valid"),
-            client_hello_failures: IntCounterVec::new(
-                Opts::new("tollgate_client_hello_failures_total", "ClientHello read failures by reason."),
+            ),
+            client_hello_failures: counter_vec(
+                "tollgate_client_hello_failures_total",
+                "ClientHello read failures by reason.",
                 &["reason"],
-            )
-            .expect("static metric definition is valid"),
-            connections_refused: IntCounterVec::new(
-                Opts::new(
-                    "tollgate_connections_refused_total",
-                    "Connections closed at accept, before reading, by reason.",
-                ),
+            ),
+            connections_refused: counter_vec(
+                "tollgate_connections_refused_total",
+                "Connections closed at accept, before reading, by reason.",
                 &["reason"],
-            )
-            .expect("static metric definition is valid"),
-            capture_rejections: IntCounterVec::new(
-                Opts::new(
-                    "tollgate_capture_rejections_total",
-                    "Captured connections rejected, by original destination port (well-known ports; others are `other`) and reason.",
-                ),
+            ),
+            capture_rejections: counter_vec(
+                "tollgate_capture_rejections_total",
+                "Captured connections rejected, by original destination port (well-known ports; others are `other`) and reason.",
                 &["port", "reason"],
+            ),
+            open_connections: IntGauge::new(
+                "tollgate_open_connections",
+                "Connections currently open.",
             )
             .expect("static metric definition is valid"),
-            open_connections: IntGauge::new("tollgate_open_connections", "Connections currently open.")
-                .expect("static metric definition is valid"),
-            tunnel_bytes: IntCounterVec::new(
-                Opts::new(
-                    "tollgate_tunnel_bytes_total",
-                    "Bytes copied by tunnels; upstream is agent to host, downstream host to agent.",
-                ),
+            tunnel_bytes: counter_vec(
+                "tollgate_tunnel_bytes_total",
+                "Bytes copied by tunnels; upstream is agent to host, downstream host to agent.",
                 &["direction"],
-            )
-            .expect("static metric definition is valid"),
-            connection_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tollgate_connection_duration_seconds",
-                    "Connection lifetime from accept to close.",
-                )
-                .buckets(vec![
+            ),
+            connection_duration: histogram(
+                "tollgate_connection_duration_seconds",
+                "Connection lifetime from accept to close.",
+                vec![
                     0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
-                ]),
-            )
-            .expect("static metric definition is valid"),
-            phase: IntGaugeVec::new(
-                Opts::new("tollgate_phase", "1 for the Pod's current phase."),
+                ],
+            ),
+            phase: gauge_vec(
+                "tollgate_phase",
+                "1 for the Pod's current phase.",
                 &["phase"],
-            )
-            .expect("static metric definition is valid"),
-            phase_transitions: IntCounterVec::new(
-                Opts::new("tollgate_phase_transitions_total", "Phase changes by new phase and source."),
+            ),
+            phase_transitions: counter_vec(
+                "tollgate_phase_transitions_total",
+                "Phase changes by new phase and source.",
                 &["to", "source"],
-            )
-            .expect("static metric definition is valid"),
-            policy_reloads: IntCounterVec::new(
-                Opts::new("tollgate_policy_reloads_total", "Policy reloads by result."),
+            ),
+            policy_reloads: counter_vec(
+                "tollgate_policy_reloads_total",
+                "Policy reloads by result.",
                 &["result"],
-            )
-            .expect("static metric definition is valid"),
+            ),
             accept_errors: IntCounter::new("tollgate_accept_errors_total", "Errors from accept().")
                 .expect("static metric definition is valid"),
-            build_info: IntGaugeVec::new(
-                Opts::new("tollgate_build_info", "Build provenance; the value is always 1."),
+            build_info: gauge_vec(
+                "tollgate_build_info",
+                "Build provenance; the value is always 1.",
                 &["version", "commit"],
-            )
-            .expect("static metric definition is valid"),
-            llm_requests: IntCounterVec::new(
-                Opts::new("tollgate_llm_requests_total", "LLM requests forwarded, by model and upstream status."),
+            ),
+            llm_requests: counter_vec(
+                "tollgate_llm_requests_total",
+                "LLM requests forwarded, by model and upstream status.",
                 &["model", "status"],
-            )
-            .expect("static metric definition is valid"),
-            llm_denials: IntCounterVec::new(
-                Opts::new("tollgate_llm_denials_total", "LLM requests refused by the gateway, by reason."),
+            ),
+            llm_denials: counter_vec(
+                "tollgate_llm_denials_total",
+                "LLM requests refused by the gateway, by reason.",
                 &["reason"],
-            )
-            .expect("static metric definition is valid"),
-            gateway_requests: IntCounterVec::new(
-                Opts::new("tollgate_gateway_requests_total", "Gateway requests by how they ended: refused, usage, free, metered."),
+            ),
+            gateway_requests: counter_vec(
+                "tollgate_gateway_requests_total",
+                "Gateway requests by how they ended: refused, usage, free, metered.",
                 &["outcome"],
-            )
-            .expect("static metric definition is valid"),
-            upstream_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tollgate_upstream_latency_seconds",
-                    "Upstream time from request to the end of the response.",
-                )
-                .buckets(LLM_BUCKETS.to_vec()),
-            )
-            .expect("static metric definition is valid"),
-            upstream_ttfb: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tollgate_upstream_ttfb_seconds",
-                    "Upstream time from request to the response headers.",
-                )
-                .buckets(LLM_BUCKETS.to_vec()),
-            )
-            .expect("static metric definition is valid"),
-            dns_queries: IntCounterVec::new(
-                Opts::new(
-                    "tollgate_dns_queries_total",
-                    "DNS queries by result and record type (names appear only in logs).",
-                ),
+            ),
+            upstream_latency: histogram(
+                "tollgate_upstream_latency_seconds",
+                "Upstream time from request to the end of the response.",
+                LLM_BUCKETS.to_vec(),
+            ),
+            upstream_ttfb: histogram(
+                "tollgate_upstream_ttfb_seconds",
+                "Upstream time from request to the response headers.",
+                LLM_BUCKETS.to_vec(),
+            ),
+            dns_queries: counter_vec(
+                "tollgate_dns_queries_total",
+                "DNS queries by result and record type (names appear only in logs).",
                 &["result", "qtype"],
-            )
-            .expect("static metric definition is valid"),
-            dns_upstream_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tollgate_dns_upstream_latency_seconds",
-                    "Upstream exchange time of forwarded DNS queries.",
-                )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 5.0]),
-            )
-            .expect("static metric definition is valid"),
+            ),
+            dns_upstream_latency: histogram(
+                "tollgate_dns_upstream_latency_seconds",
+                "Upstream exchange time of forwarded DNS queries.",
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 5.0,
+                ],
+            ),
             bounds: BoundsMetrics::new(),
             registry,
         };
@@ -303,6 +284,22 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// A labelled counter of the catalog (the definitions are static, so building cannot fail).
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid")
+}
+
+/// A labelled gauge of the catalog.
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid")
+}
+
+/// A histogram of the catalog with its buckets.
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition is valid")
 }
 
 /// A bounded label for a destination port: the port itself for well-known ports and common

@@ -15,7 +15,7 @@ use crate::accept::{self, Limits};
 use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
 use crate::dns::{self, Dns, ResolvConf};
-use crate::intercept::gateway::{Capacity, Gateway, StartError};
+use crate::intercept::gateway::{Capacity, Gateway, Running, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Netfilter, OrigDst};
@@ -169,20 +169,9 @@ impl Server {
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
-            let (built, state, bg) =
-                Gateway::start(current.clone(), &metrics, settings.gateway, &background)?;
-            interceptor = Arc::new(built);
+            let (built, bg) = start_gateway(&current, &metrics, &settings, usage, &background)?;
+            interceptor = built;
             running = Some(bg);
-            if let Some(usage_listener) = usage {
-                log_listening("usage", &usage_listener);
-                tokio::spawn(usage_api::serve(
-                    usage_listener,
-                    state.ledger.clone(),
-                    settings.read_only,
-                    metrics.clone(),
-                    background.clone(),
-                ));
-            }
         }
         if let Some(admin_listener) = admin {
             own_ports.extend(log_listening("admin", &admin_listener));
@@ -202,24 +191,7 @@ impl Server {
                 metrics.clone(),
                 resolv,
             ));
-            for (udp, tcp) in dns {
-                if let Ok(addr) = udp.local_addr() {
-                    tracing::info!(listener = "dns", addr = %addr, "listening");
-                    own_ports.push(addr.port());
-                }
-                tokio::spawn(dns::listener::serve_udp(
-                    udp,
-                    stage.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                ));
-                tokio::spawn(dns::listener::serve_tcp(
-                    tcp,
-                    stage.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                ));
-            }
+            own_ports.extend(spawn_dns(dns, &stage, &metrics, &shutdown));
         }
         let listeners: Vec<(Listener, TcpListener)> = listeners
             .into_iter()
@@ -251,6 +223,59 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the gateway (its CA files are written before this returns, so before readiness) and
+/// serves its usage port.
+fn start_gateway(
+    policy: &Arc<ArcSwap<Policy>>,
+    metrics: &Metrics,
+    settings: &Settings,
+    usage: Option<TcpListener>,
+    background: &CancellationToken,
+) -> Result<(Arc<dyn Interceptor>, Running), StartError> {
+    let (built, state, running) =
+        Gateway::start(policy.clone(), metrics, settings.gateway, background)?;
+    if let Some(usage_listener) = usage {
+        log_listening("usage", &usage_listener);
+        tokio::spawn(usage_api::serve(
+            usage_listener,
+            state.ledger.clone(),
+            settings.read_only,
+            metrics.clone(),
+            background.clone(),
+        ));
+    }
+    Ok((Arc::new(built), running))
+}
+
+/// Serves DNS on each bound UDP and TCP pair; returns the ports, which are the proxy's own.
+fn spawn_dns(
+    dns: Vec<(UdpSocket, TcpListener)>,
+    stage: &Arc<Dns>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for (udp, tcp) in dns {
+        if let Ok(addr) = udp.local_addr() {
+            tracing::info!(listener = "dns", addr = %addr, "listening");
+            ports.push(addr.port());
+        }
+        tokio::spawn(dns::listener::serve_udp(
+            udp,
+            stage.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(dns::listener::serve_tcp(
+            tcp,
+            stage.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    ports
 }
 
 /// Logs a bound listener (tests read ephemeral ports from this line) and returns its port.

@@ -10,6 +10,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
 use tollgate_policy::{Endpoint, GatewaySettings};
 
 use super::body_budget::{BudgetError, Held, ReadError};
@@ -64,27 +65,10 @@ async fn admit(
     let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
     state.workspace.check(g)?;
     rate_limit(state, sni)?;
-    // Requests beyond the cap wait for a slot, for a bounded time.
-    let slot = tokio::time::timeout(QUEUE_WAIT, state.concurrency.clone().acquire_owned()).await;
-    let permit = match slot {
-        Ok(Ok(permit)) => permit,
-        _ => return Err(Refusal::no_slot()),
-    };
+    let permit = slot(state).await?;
 
     let (parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
-    let mut forward = Request::builder()
-        .method(parts.method.clone())
-        .uri(g.upstream.url(path_and_query))
-        .header(header::AUTHORIZATION, auth.clone());
-    for name in FORWARDED_HEADERS {
-        if let Some(value) = parts.headers.get(name) {
-            forward = forward.header(name, value);
-        }
-    }
+    let forward = forward_head(&parts, g, &auth);
     let mut metered = Metered {
         endpoint,
         model: String::new(),
@@ -128,6 +112,38 @@ async fn admit(
     metered.model = meta.model;
     metered.stream = admitted.stream;
     Ok(settle::forward_metered(state.clone(), request, reservation, metered).await)
+}
+
+/// Requests beyond the concurrency cap wait for a slot, for a bounded time.
+async fn slot(state: &State) -> Result<OwnedSemaphorePermit, Refusal> {
+    let slot = tokio::time::timeout(QUEUE_WAIT, state.concurrency.clone().acquire_owned()).await;
+    match slot {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Refusal::no_slot()),
+    }
+}
+
+/// The upstream request's head: the same method and path on the policy's upstream, the key to
+/// send, and only the headers the gateway forwards.
+fn forward_head(
+    parts: &http::request::Parts,
+    g: &GatewaySettings,
+    auth: &http::HeaderValue,
+) -> http::request::Builder {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let mut forward = Request::builder()
+        .method(parts.method.clone())
+        .uri(g.upstream.url(path_and_query))
+        .header(header::AUTHORIZATION, auth.clone());
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            forward = forward.header(name, value);
+        }
+    }
+    forward
 }
 
 fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {

@@ -149,25 +149,7 @@ impl Gateway {
             named(&named_policy.load(), model)
         }));
         spend_metrics.register(metrics.registry())?;
-        let mut config =
-            LedgerConfig::new(g.budget.limit_micros(), g.budget.evaluation_run_id.clone());
-        config.data_dir = Some(g.budget.data_dir.clone());
-        config.metrics = Some(spend_metrics.clone());
-        let (ledger, recovery) = Ledger::open(config)?;
-        tracing::info!(
-            settled_usd = %recovery.settled,
-            recovered_reservations = recovery.recovered.len(),
-            torn_tail = recovery.torn_tail,
-            data_dir = %g.budget.data_dir.display(),
-            "spend ledger restored"
-        );
-        let ledger = Arc::new(ledger);
-        let flusher = ledger.spawn_flusher(FLUSH_EVERY).map_err(|e| {
-            StartError::Ledger(crate::spend::ledger::LedgerError::Io {
-                path: g.budget.data_dir.clone(),
-                source: e,
-            })
-        })?;
+        let (ledger, flusher) = open_ledger(g, &spend_metrics)?;
 
         let state = Arc::new(State {
             prices: ArcSwap::from_pointee(policy_prices(&snapshot)),
@@ -201,6 +183,33 @@ impl Gateway {
         };
         Ok((gateway, state, Running { flusher }))
     }
+}
+
+/// Opens the ledger (restored from its journal) and starts its flusher.
+fn open_ledger(
+    g: &tollgate_policy::GatewaySettings,
+    spend_metrics: &SpendMetrics,
+) -> Result<(Arc<Ledger>, crate::spend::ledger::Flusher), StartError> {
+    let mut config = LedgerConfig::new(g.budget.limit_micros(), g.budget.evaluation_run_id.clone());
+    config.data_dir = Some(g.budget.data_dir.clone());
+    config.metrics = Some(spend_metrics.clone());
+    let (ledger, recovery) = Ledger::open(config)?;
+    tracing::info!(
+        settled_usd = %recovery.settled,
+        recovered_reservations = recovery.recovered.len(),
+        torn_tail = recovery.torn_tail,
+        data_dir = %g.budget.data_dir.display(),
+        "spend ledger restored"
+    );
+    let ledger = Arc::new(ledger);
+    let flusher = ledger.spawn_flusher(FLUSH_EVERY).map_err(|e| {
+        StartError::Ledger(crate::spend::ledger::LedgerError::Io {
+            path: g.budget.data_dir.clone(),
+            source: e,
+        })
+    })?;
+
+    Ok((ledger, flusher))
 }
 
 /// The gateway's HTTP server, with what one connection may buffer before the exchange reads it
