@@ -55,57 +55,8 @@ impl Config {
     /// no host).
     pub fn from_args(args: &Args, kernel_has_ipv6: impl FnOnce() -> bool) -> Result<Config, Error> {
         let mut warnings = Vec::new();
-        if args.proxy_uid == 0 {
-            return Err(Error::Usage(
-                "--proxy-uid 0: the proxy must not run as root. The exemption is by owner, so \
-                 every process of that UID (the agent's root processes included) would bypass the \
-                 capture; run tollgate as a dedicated non-root UID (default 1337)"
-                    .into(),
-            ));
-        }
-        if args.sni_port == args.capture_port {
-            return Err(Error::Usage(format!(
-                "--sni-port and --capture-port are both {}: they must be tollgate's two different listeners",
-                args.sni_port
-            )));
-        }
-        if args.dns_port == args.sni_port || args.dns_port == args.capture_port {
-            return Err(Error::Usage(format!(
-                "--dns-port {} is also the SNI or capture port: DNS needs its own listener",
-                args.dns_port
-            )));
-        }
-        let sni_ports = dedup(&args.sni_ports);
-        if sni_ports.is_empty() {
-            return Err(Error::Usage(
-                "--sni-ports is empty: give at least one port (default 443)".into(),
-            ));
-        }
-        let exclude_ports = dedup(&args.exclude_port);
-        if let Some(p) = exclude_ports.iter().find(|p| sni_ports.contains(p)) {
-            return Err(Error::Usage(format!(
-                "--exclude-port {p} is also in --sni-ports: an excluded SNI port would bypass the proxy"
-            )));
-        }
-
-        let mut nets: Vec<IpNet> = args.exclude_cidr.clone();
-        if args.exclude_rfc1918 {
-            nets.extend(RFC1918.iter().filter_map(|s| s.parse::<IpNet>().ok()));
-        }
-        let (mut exclude_v4, mut exclude_v6) = (Vec::new(), Vec::new());
-        for net in nets {
-            if net.prefix_len() == 0 {
-                return Err(Error::Usage(format!(
-                    "--exclude-cidr {net} would exclude every destination: nothing would be captured"
-                )));
-            }
-            match net {
-                IpNet::V4(n) if !exclude_v4.contains(&n) => exclude_v4.push(n),
-                IpNet::V6(n) if !exclude_v6.contains(&n) => exclude_v6.push(n),
-                _ => {}
-            }
-        }
-
+        let (sni_ports, exclude_ports) = ports(args)?;
+        let (exclude_v4, exclude_v6) = excluded_nets(args)?;
         let ipv6 = match args.ipv6 {
             Switch3::On => true,
             Switch3::Off => {
@@ -116,29 +67,7 @@ impl Config {
             }
             Switch3::Auto => kernel_has_ipv6(),
         };
-        for (flag, ip) in [
-            ("--probe-v4", IpAddr::V4(args.probe_v4)),
-            ("--probe-v6", IpAddr::V6(args.probe_v6)),
-        ] {
-            if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
-                return Err(Error::Usage(format!(
-                    "{flag} {ip}: the self-test must dial an address that is captured (not loopback, \
-                     unspecified or multicast) and that nothing serves"
-                )));
-            }
-        }
-        if exclude_v4.iter().any(|n| n.contains(&args.probe_v4)) {
-            warnings.push(format!(
-                "--probe-v4 {} is excluded: the IPv4 redirect probes will be skipped",
-                args.probe_v4
-            ));
-        }
-        if exclude_v6.iter().any(|n| n.contains(&args.probe_v6)) && ipv6 {
-            warnings.push(format!(
-                "--probe-v6 {} is excluded: the IPv6 redirect probes will be skipped",
-                args.probe_v6
-            ));
-        }
+        probes(args, &exclude_v4, &exclude_v6, ipv6, &mut warnings)?;
 
         Ok(Config {
             proxy_uid: args.proxy_uid,
@@ -192,6 +121,99 @@ impl Config {
             IpAddr::V6(a) => self.exclude_v6.iter().any(|n| n.contains(&a)),
         }
     }
+}
+
+/// The UID and port flags: the SNI ports and the excluded ports, deduplicated.
+fn ports(args: &Args) -> Result<(Vec<u16>, Vec<u16>), Error> {
+    if args.proxy_uid == 0 {
+        return Err(Error::Usage(
+            "--proxy-uid 0: the proxy must not run as root. The exemption is by owner, so \
+             every process of that UID (the agent's root processes included) would bypass the \
+             capture; run tollgate as a dedicated non-root UID (default 1337)"
+                .into(),
+        ));
+    }
+    if args.sni_port == args.capture_port {
+        return Err(Error::Usage(format!(
+            "--sni-port and --capture-port are both {}: they must be tollgate's two different listeners",
+            args.sni_port
+        )));
+    }
+    if args.dns_port == args.sni_port || args.dns_port == args.capture_port {
+        return Err(Error::Usage(format!(
+            "--dns-port {} is also the SNI or capture port: DNS needs its own listener",
+            args.dns_port
+        )));
+    }
+    let sni_ports = dedup(&args.sni_ports);
+    if sni_ports.is_empty() {
+        return Err(Error::Usage(
+            "--sni-ports is empty: give at least one port (default 443)".into(),
+        ));
+    }
+    let exclude_ports = dedup(&args.exclude_port);
+    if let Some(p) = exclude_ports.iter().find(|p| sni_ports.contains(p)) {
+        return Err(Error::Usage(format!(
+            "--exclude-port {p} is also in --sni-ports: an excluded SNI port would bypass the proxy"
+        )));
+    }
+    Ok((sni_ports, exclude_ports))
+}
+
+/// The excluded destination ranges, per family, deduplicated.
+fn excluded_nets(args: &Args) -> Result<(Vec<Ipv4Net>, Vec<Ipv6Net>), Error> {
+    let mut nets: Vec<IpNet> = args.exclude_cidr.clone();
+    if args.exclude_rfc1918 {
+        nets.extend(RFC1918.iter().filter_map(|s| s.parse::<IpNet>().ok()));
+    }
+    let (mut exclude_v4, mut exclude_v6) = (Vec::new(), Vec::new());
+    for net in nets {
+        if net.prefix_len() == 0 {
+            return Err(Error::Usage(format!(
+                "--exclude-cidr {net} would exclude every destination: nothing would be captured"
+            )));
+        }
+        match net {
+            IpNet::V4(n) if !exclude_v4.contains(&n) => exclude_v4.push(n),
+            IpNet::V6(n) if !exclude_v6.contains(&n) => exclude_v6.push(n),
+            _ => {}
+        }
+    }
+    Ok((exclude_v4, exclude_v6))
+}
+
+/// The self-test's probe addresses: refused if they cannot be captured, warned if excluded.
+fn probes(
+    args: &Args,
+    exclude_v4: &[Ipv4Net],
+    exclude_v6: &[Ipv6Net],
+    ipv6: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), Error> {
+    for (flag, ip) in [
+        ("--probe-v4", IpAddr::V4(args.probe_v4)),
+        ("--probe-v6", IpAddr::V6(args.probe_v6)),
+    ] {
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            return Err(Error::Usage(format!(
+                "{flag} {ip}: the self-test must dial an address that is captured (not loopback, \
+                 unspecified or multicast) and that nothing serves"
+            )));
+        }
+    }
+    if exclude_v4.iter().any(|n| n.contains(&args.probe_v4)) {
+        warnings.push(format!(
+            "--probe-v4 {} is excluded: the IPv4 redirect probes will be skipped",
+            args.probe_v4
+        ));
+    }
+    if exclude_v6.iter().any(|n| n.contains(&args.probe_v6)) && ipv6 {
+        warnings.push(format!(
+            "--probe-v6 {} is excluded: the IPv6 redirect probes will be skipped",
+            args.probe_v6
+        ));
+    }
+    Ok(())
 }
 
 fn dedup(ports: &[u16]) -> Vec<u16> {
