@@ -50,6 +50,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a command behind the boundary a task Pod gets: a new network namespace whose only
+    /// way out is tollgate (the same rules tollgate-init installs, the same router, gateway,
+    /// DNS, phases, policy, ledger and metrics). The host's network is not touched. Prints a
+    /// summary on stderr and exits with the command's exit code (128 + signal if killed).
+    ///
+    /// Example: `tollgate run -- curl https://example.com` (refused by the embedded default).
+    /// As root the command runs as --user (default 65534); without root it needs unprivileged
+    /// user namespaces.
+    Run(crate::run::RunArgs),
+    /// Internal: the step between tollgate run and its command.
+    #[command(name = "run-exec", hide = true)]
+    RunExec(crate::run::child::ExecArgs),
     /// Validate a policy file and print a short summary; exits non-zero with the error.
     Check {
         /// The policy TOML file.
@@ -153,8 +165,9 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+/// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -186,6 +199,8 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Run(args)) => crate::run::main(args),
+        Some(Command::RunExec(args)) => crate::run::child::main(args),
         None => run(cli.run),
     }
 }
@@ -339,7 +354,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
+/// Loads the policy file (or the embedded default), with the sidecar's environment applied.
+pub(crate) fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
     let (mut policy, text) = match path {
         None => (
             Policy::embedded_default(),
