@@ -181,9 +181,32 @@ allow_ranges = ["192.0.2.0/24"]
 
     /// `ip netns exec NS tollgate run --policy P --data-dir D <extra> -- <cmd>`, not started.
     fn command(&self, extra: &[&str], cmd: &[&str]) -> (tokio::process::Command, PathBuf) {
+        self.command_as(None, extra, cmd)
+    }
+
+    /// [`World::command`], as `uid` (rootless mode) when given: through `setpriv`, with a data
+    /// directory that UID owns.
+    fn command_as(
+        &self,
+        uid: Option<u32>,
+        extra: &[&str],
+        cmd: &[&str],
+    ) -> (tokio::process::Command, PathBuf) {
         let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let data = self.dir.path().join(format!("data-{n}"));
-        let mut c = self.ns.command(tollgate_bin().to_str().unwrap());
+        let mut c = match uid {
+            None => self.ns.command(tollgate_bin().to_str().unwrap()),
+            Some(uid) => {
+                std::fs::create_dir(&data).unwrap();
+                nix::unistd::chown(&data, Some(uid.into()), Some(uid.into())).unwrap();
+                let mut c = self.ns.command("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(tollgate_bin());
+                c
+            }
+        };
         c.arg("run")
             .arg("--policy")
             .arg(&self.policy)
@@ -232,7 +255,8 @@ allow_ranges = ["192.0.2.0/24"]
             &["-6", "route", "show"],
         ] {
             let o = self.ns.ip(args).unwrap();
-            out.push_str(&String::from_utf8_lossy(&o.stdout));
+            // Duplicate address detection finishes on its own time: not state the run made.
+            out.push_str(&String::from_utf8_lossy(&o.stdout).replace(" tentative", ""));
         }
         for tool in [
             "iptables-nft-save",
@@ -268,6 +292,30 @@ fn started_pid(data: &Path) -> Option<i32> {
         .ok()
 }
 
+/// Fails with the lines that differ.
+fn assert_same(before: &str, after: &str, what: &str) {
+    let gone: Vec<&str> = before.lines().filter(|l| !after.contains(l)).collect();
+    let new: Vec<&str> = after.lines().filter(|l| !before.contains(l)).collect();
+    assert!(
+        before == after,
+        "{what} left state behind\n--- gone\n{}\n--- new\n{}\n--- after\n{after}",
+        gone.join("\n"),
+        new.join("\n")
+    );
+}
+
+/// Kills a pid on drop: a failing test must not leave CMD behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purpose (it holds no namespace).
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -292,6 +340,7 @@ async fn the_allowed_host_is_reached_and_nothing_else() {
          echo dns-allowed=$(dig +short +tries=1 +time=3 allowed.test)
          dig +tries=1 +time=3 refused.test | grep -o 'status: [A-Z]*'
          id -u
+         ip link set lo down 2>/dev/null; echo lo-down=$?
          exit 0"
     );
     let run = w.sh(&script).await;
@@ -305,6 +354,10 @@ async fn the_allowed_host_is_reached_and_nothing_else() {
     assert!(out.contains("dns-allowed=192.0.2.2"), "{why}");
     assert!(out.contains("status: NXDOMAIN"), "{why}");
     assert!(out.contains("65534"), "CMD must run as nobody: {why}");
+    assert!(
+        !out.contains("lo-down=0"),
+        "CMD could change the sandbox: {why}"
+    );
     // What reached the world: the allowed SNI only, no TCP on 2222, no UDP on 5353, the
     // allowed name's query only.
     let snis = w.origin.stats().snis();
@@ -379,6 +432,8 @@ async fn exit_codes_and_signals_pass_through() {
 
     // SIGTERM to tollgate run reaches CMD, whose death by it is the exit code.
     let (mut c, data) = w.command(&[], &["sleep", "30"]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
     let tollgate = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     eventually(Duration::from_secs(20), "the command to start", || async {
@@ -449,9 +504,11 @@ async fn no_network_state_is_left_after_exit_or_kill_9() {
     let before = w.network_state();
     let run = w.sh("true").await;
     assert_eq!(run.code(), Some(0), "{}", run.describe());
-    assert_eq!(w.network_state(), before, "a normal exit left state behind");
+    assert_same(&before, &w.network_state(), "a normal exit");
 
     let (mut c, data) = w.command(&[], &["sleep", "1000"]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
     let tollgate = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
     let cmd = eventually(Duration::from_secs(20), "the command to start", || async {
@@ -459,6 +516,7 @@ async fn no_network_state_is_left_after_exit_or_kill_9() {
     })
     .await
     .unwrap();
+    let _cleanup = KillOnDrop(cmd);
     let sandbox = std::fs::read_link(format!("/proc/{cmd}/ns/net")).unwrap();
     let outer = std::fs::read_link(format!("/proc/{}/ns/net", tollgate.as_raw())).unwrap();
     assert_ne!(sandbox, outer, "CMD must run in its own network namespace");
@@ -482,5 +540,52 @@ async fn no_network_state_is_left_after_exit_or_kill_9() {
         holders.is_empty(),
         "processes still in the sandbox: {holders:?}"
     );
-    assert_eq!(w.network_state(), before, "kill -9 left state behind");
+    assert_same(&before, &w.network_state(), "kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootless_the_same_boundary_as_an_unprivileged_user() {
+    if !require_root() {
+        return;
+    }
+    let w = World::new().await;
+    let ca = w.ca_pem();
+    let script = format!(
+        "curl -sS -m 10 --cacert {ca} --resolve allowed.test:443:203.0.113.5 https://allowed.test/ -o /dev/null -w 'allowed=%{{http_code}}\\n'
+         curl -sS -m 10 --cacert {ca} --resolve refused.test:443:192.0.2.2 https://refused.test/ -o /dev/null -w 'refused=%{{http_code}}\\n'
+         curl -sS -m 10 http://192.0.2.2:2222/ -o /dev/null -w 'tcp=%{{http_code}}\\n'
+         dig +tries=1 +time=2 @192.0.2.2 -p 5353 allowed.test >/dev/null; echo udp=$?
+         dig +tries=1 +time=3 refused.test | grep -o 'status: [A-Z]*'
+         ip link set lo down 2>/dev/null; echo lo-down=$?
+         exit 5"
+    );
+    let (mut c, data) = w.command_as(Some(65534), &[], &["sh", "-c", &script]);
+    let out = tokio::time::timeout(Duration::from_secs(60), c.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let run = Run { out, data };
+    let why = run.describe();
+    let out = run.stdout();
+    assert_eq!(run.code(), Some(5), "{why}");
+    assert!(run.log().contains("rootless=true"), "{why}");
+    assert!(out.contains("allowed=200"), "{why}");
+    assert!(out.contains("refused=000"), "{why}");
+    assert!(out.contains("tcp=000"), "{why}");
+    assert!(!out.contains("udp=0"), "UDP got an answer: {why}");
+    assert!(out.contains("status: NXDOMAIN"), "{why}");
+    assert!(
+        !out.contains("lo-down=0"),
+        "CMD kept capabilities over the sandbox: {why}"
+    );
+    assert_eq!(
+        w.origin.stats().snis(),
+        vec![Some("allowed.test".to_owned())],
+        "{why}"
+    );
+    assert!(
+        w.tcp.accept().is_err(),
+        "other TCP reached the world: {why}"
+    );
+    assert!(!w.resolver.saw("refused.test"), "{why}");
 }

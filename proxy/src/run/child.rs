@@ -17,7 +17,7 @@ use nix::sys::signal::Signal;
 pub const EXEC_SUBCOMMAND: &str = "run-exec";
 
 /// The UID (and GID) CMD sees inside the nested user namespace in rootless mode.
-const NESTED_ID: u32 = 1000;
+const NESTED_ID: u32 = 65534;
 
 /// Arguments of `tollgate run-exec`.
 #[derive(Debug, Args)]
