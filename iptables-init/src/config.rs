@@ -320,6 +320,41 @@ mod tests {
     }
 
     #[test]
+    fn the_sandbox_plan_exempts_no_owner_and_fences() {
+        let c = Config::sandbox(
+            SandboxPorts {
+                sni: 15443,
+                capture: 15001,
+                dns: 15053,
+            },
+            true,
+        );
+        for family in c.families() {
+            let p = crate::rules::plan(&c, family);
+            let rules: Vec<&String> = p
+                .tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|ch| &ch.rules)
+                .collect();
+            assert!(
+                rules.iter().all(|r| !r.contains("--uid-owner")),
+                "{rules:?}"
+            );
+            assert!(p.table("filter").is_some(), "the fence must be on");
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.contains("REDIRECT --to-ports 15053"))
+            );
+        }
+        // A Pod's plan still exempts the proxy.
+        let pod = config(&[]).unwrap();
+        let nat = crate::rules::plan(&pod, Family::V4);
+        assert!(nat.tables[0].chains[0].rules[0].contains("--uid-owner 1337"));
+    }
+
+    #[test]
     fn ipv6_off_warns() {
         let c = config(&["--ipv6", "off"]).unwrap();
         assert_eq!(c.families(), vec![Family::V4]);

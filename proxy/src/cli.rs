@@ -50,13 +50,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a command behind the boundary a task Pod gets: a new network namespace whose only
-    /// way out is tollgate (the same rules tollgate-init installs, the same router, gateway,
-    /// DNS, phases, policy, ledger and metrics). The host's network is not touched. Prints a
-    /// summary on stderr and exits with the command's exit code (128 + signal if killed).
+    /// Run a command behind the boundary a task Pod gets, on this machine (no Kubernetes).
+    ///
+    /// CMD runs in a new network namespace whose only way out is tollgate: the rules
+    /// tollgate-init installs in a Pod, the same router, gateway, DNS, phases, policy, ledger and
+    /// metrics. The host's network is not touched, and nothing is left after a crash. At the
+    /// end a summary goes to stderr; the exit code is CMD's (128 + signal when killed; 125 when
+    /// the sandbox cannot be built, 64 for a bad policy or flag).
     ///
     /// Example: `tollgate run -- curl https://example.com` (refused by the embedded default).
-    /// As root the command runs as --user (default 65534); without root it needs unprivileged
+    /// As root CMD runs as --user (default 65534); without root, tollgate run needs unprivileged
     /// user namespaces.
     Run(crate::run::RunArgs),
     /// Internal: the step between tollgate run and its command.
