@@ -174,3 +174,48 @@ fn render(
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_decisions_refused_hosts_and_spend() {
+        let metrics = Metrics::new();
+        metrics
+            .connections
+            .with_label_values(&["reject", "not-allow-listed", "-"])
+            .inc_by(3);
+        metrics
+            .connections
+            .with_label_values(&["tunnel", "allow-listed", "allowed.test"])
+            .inc();
+        let refused = Refused::default();
+        refused.add("evil.test".into());
+        refused.add("evil.test".into());
+        refused.add("192.0.2.2:22".into());
+        for i in 0..MAX_HOSTS + 5 {
+            refused.add(format!("h{i}.test"));
+        }
+        let text = render(
+            &metrics.registry().gather(),
+            &refused,
+            Some(Micros(1_500_000)),
+            Path::new("/data"),
+        );
+        assert!(text.contains("connections: 4"), "{text}");
+        assert!(
+            text.contains("reject    not-allow-listed       3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: evil.test ×2, 192.0.2.2:22 ×1"),
+            "{text}"
+        );
+        // CMD chooses the names: the list is bounded, the rest counted.
+        assert!(text.contains(", 7 more"), "{text}");
+        assert!(text.contains("spend $0.000000 of $1.500000"), "{text}");
+        assert!(text.contains("files: /data"), "{text}");
+        assert!(!text.contains("-0"), "{text}");
+    }
+}
