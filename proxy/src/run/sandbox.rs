@@ -135,7 +135,12 @@ pub(crate) fn create(
 
 fn setup(runtime: &tokio::runtime::Handle, ports: Ports) -> Result<Listeners, SandboxError> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(SandboxError::Unshare)?;
-    let ipv6 = tollgate_init::host::kernel_has_ipv6();
+    // IPv6 disabled in new namespaces (net.ipv6.conf.default.disable_ipv6=1) means no IPv6
+    // traffic at all: then there is nothing to capture or fence (this thread's /proc/sys/net is
+    // already the sandbox's).
+    let ipv6 = tollgate_init::host::kernel_has_ipv6()
+        && std::fs::read_to_string("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+            .is_ok_and(|v| v.trim() == "0");
     loopback(ipv6)?;
     install_rules(ports, ipv6)?;
     let _entered = runtime.enter();
