@@ -166,6 +166,38 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
 
     let metrics = Metrics::new();
     let ready = Arc::new(Readiness::default());
+    let mut server = assemble(
+        listeners,
+        policy,
+        with_gateway,
+        &data,
+        &unlock_file,
+        args.drain_timeout,
+    );
+    server.metrics = metrics.clone();
+    server.ready = ready.clone();
+
+    let child = sandbox::ChildSpec {
+        argv: args.command,
+        env: ca_env(&data.join("certs"), with_gateway),
+        uid: (!rootless).then_some(args.user),
+    };
+    let status = runtime.block_on(supervise(server, ready, spawner, child, unlock_file));
+    let status = status.map_err(fail(EXIT_SANDBOX))?;
+    summary::print(&metrics, &refused, budget, &data);
+    Ok(ExitCode::from(status.code()))
+}
+
+/// The same [`Server`] the sidecar runs, on the sandbox's listeners, with the sidecar's default
+/// limits; the phase comes from the sentinel in the data directory.
+fn assemble(
+    listeners: sandbox::Listeners,
+    policy: crate::server::LoadedPolicy,
+    with_gateway: bool,
+    data: &Path,
+    unlock_file: &Path,
+    drain_timeout: Duration,
+) -> Server {
     let read_only = ReadOnlyLimits {
         max_connections: 32,
         header_timeout: Duration::from_secs(5),
@@ -174,13 +206,13 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         hello_timeout: Duration::from_secs(10),
         limits: Limits {
             max_connections: 512,
-            drain_timeout: args.drain_timeout,
+            drain_timeout,
         },
         phase_sources: phase::Sources {
             // No labels file: the sentinel in the data directory is the run's phase switch.
             labels_file: data.join("labels"),
             label_key: "ridges.ai/phase".to_owned(),
-            unlock_file: unlock_file.clone(),
+            unlock_file: unlock_file.to_owned(),
         },
         read_only,
         gateway: Capacity {
@@ -195,22 +227,11 @@ fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         settings,
         policy,
     );
-    server.metrics = metrics.clone();
-    server.ready = ready.clone();
     server.usage = listeners.usage;
     server.gateway = with_gateway;
     server.dns = listeners.dns;
     server.resolv = crate::dns::ResolvConf::load(Path::new("/etc/resolv.conf"));
-
-    let child = sandbox::ChildSpec {
-        argv: args.command,
-        env: ca_env(&data.join("certs"), with_gateway),
-        uid: (!rootless).then_some(args.user),
-    };
-    let status = runtime.block_on(supervise(server, ready, spawner, child, unlock_file));
-    let status = status.map_err(fail(EXIT_SANDBOX))?;
-    summary::print(&metrics, &refused, budget, &data);
-    Ok(ExitCode::from(status.code()))
+    server
 }
 
 /// How CMD ended.
