@@ -15,6 +15,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v dig >/dev/null || need+=(bind9-dnsutils)  # the DNS end-to-end tests' agent
 command -v getent >/dev/null || need+=(libc-bin)
 command -v perl >/dev/null || need+=(perl)  # the port-squatting tests' squatter
+command -v setpriv >/dev/null || need+=(util-linux)  # tollgate run's rootless test drops to 65534
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${need[*]}"

@@ -18,6 +18,9 @@ pub const RFC1918: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
 pub struct Config {
     /// Exempt UID (never 0); the only exemption by owner.
     pub proxy_uid: u32,
+    /// Whether `proxy_uid` is exempt at all. Off for `tollgate run`'s sandbox, where the proxy
+    /// originates nothing: its upstream sockets live in another network namespace.
+    pub exempt_proxy: bool,
     /// Ports redirected to `sni_port`, deduplicated, in the given order.
     pub sni_ports: Vec<u16>,
     /// tollgate's SNI router port.
@@ -50,7 +53,44 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// The listener ports of a `tollgate run` sandbox (see [`Config::sandbox`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SandboxPorts {
+    /// The SNI router (TCP 443 lands here).
+    pub sni: u16,
+    /// The original-destination router (every other TCP port).
+    pub capture: u16,
+    /// The DNS listener (UDP and TCP 53).
+    pub dns: u16,
+}
+
 impl Config {
+    /// The rules of a `tollgate run` sandbox: a namespace that holds only the command and
+    /// tollgate's listeners. The same plan as a Pod's, with nothing exempt by owner (tollgate
+    /// originates no traffic there), nothing excluded, the fence on, no self-test (the caller
+    /// installs into a namespace it just made, with no other UID to probe as).
+    pub fn sandbox(ports: SandboxPorts, ipv6: bool) -> Config {
+        Config {
+            proxy_uid: 1337,
+            exempt_proxy: false,
+            sni_ports: vec![443],
+            sni_port: ports.sni,
+            capture_port: ports.capture,
+            exclude_v4: Vec::new(),
+            exclude_v6: Vec::new(),
+            exclude_ports: Vec::new(),
+            dns_port: ports.dns,
+            fence: true,
+            ipv6,
+            backend: BackendChoice::Auto,
+            dry_run: false,
+            self_test: false,
+            probe_v4: Ipv4Addr::new(192, 0, 2, 1),
+            probe_v6: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            warnings: Vec::new(),
+        }
+    }
+
     /// Validates `args`. `kernel_has_ipv6` resolves `--ipv6 auto` (a parameter so tests need
     /// no host).
     pub fn from_args(args: &Args, kernel_has_ipv6: impl FnOnce() -> bool) -> Result<Config, Error> {
@@ -71,6 +111,7 @@ impl Config {
 
         Ok(Config {
             proxy_uid: args.proxy_uid,
+            exempt_proxy: true,
             sni_ports,
             sni_port: args.sni_port,
             capture_port: args.capture_port,
@@ -298,6 +339,41 @@ mod tests {
             vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
         );
         assert_eq!(c.excluded(Family::V6), vec!["fc00::/7"]);
+    }
+
+    #[test]
+    fn the_sandbox_plan_exempts_no_owner_and_fences() {
+        let c = Config::sandbox(
+            SandboxPorts {
+                sni: 15443,
+                capture: 15001,
+                dns: 15053,
+            },
+            true,
+        );
+        for family in c.families() {
+            let p = crate::rules::plan(&c, family);
+            let rules: Vec<&String> = p
+                .tables
+                .iter()
+                .flat_map(|t| &t.chains)
+                .flat_map(|ch| &ch.rules)
+                .collect();
+            assert!(
+                rules.iter().all(|r| !r.contains("--uid-owner")),
+                "{rules:?}"
+            );
+            assert!(p.table("filter").is_some(), "the fence must be on");
+            assert!(
+                rules
+                    .iter()
+                    .any(|r| r.contains("REDIRECT --to-ports 15053"))
+            );
+        }
+        // A Pod's plan still exempts the proxy.
+        let pod = config(&[]).unwrap();
+        let nat = crate::rules::plan(&pod, Family::V4);
+        assert!(nat.tables[0].chains[0].rules[0].contains("--uid-owner 1337"));
     }
 
     #[test]

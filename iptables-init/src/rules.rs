@@ -160,10 +160,14 @@ fn fence(cfg: &Config, family: Family) -> Table {
 /// The proxy's own traffic (by UID only, see the module doc) and loopback destinations: first
 /// in both tables.
 fn exemptions(cfg: &Config, family: Family) -> Vec<Rule> {
-    vec![
-        Rule::new("proxy-uid", "RETURN").m(format!("-m owner --uid-owner {}", cfg.proxy_uid)),
-        Rule::new("loopback", "RETURN").dst(family.loopback()),
-    ]
+    let mut rules = Vec::new();
+    if cfg.exempt_proxy {
+        rules.push(
+            Rule::new("proxy-uid", "RETURN").m(format!("-m owner --uid-owner {}", cfg.proxy_uid)),
+        );
+    }
+    rules.push(Rule::new("loopback", "RETURN").dst(family.loopback()));
+    rules
 }
 
 fn exclusions(cfg: &Config, family: Family) -> Vec<Rule> {

@@ -50,6 +50,21 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a command behind the boundary a task Pod gets, on this machine (no Kubernetes).
+    ///
+    /// CMD runs in a new network namespace whose only way out is tollgate: the rules
+    /// tollgate-init installs in a Pod, the same router, gateway, DNS, phases, policy, ledger and
+    /// metrics. The host's network is not touched, and nothing is left after a crash. At the
+    /// end a summary goes to stderr; the exit code is CMD's (128 + signal when killed; 125 when
+    /// the sandbox cannot be built, 64 for a bad policy or flag).
+    ///
+    /// Example: `tollgate run -- curl https://example.com` (refused by the embedded default).
+    /// As root CMD runs as --user (default 65534); without root, tollgate run needs unprivileged
+    /// user namespaces.
+    Run(crate::run::RunArgs),
+    /// Internal: the step between tollgate run and its command.
+    #[command(name = "run-exec", hide = true)]
+    RunExec(crate::run::child::ExecArgs),
     /// Validate a policy file and print a short summary; exits non-zero with the error.
     Check {
         /// The policy TOML file.
@@ -153,8 +168,9 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+/// Log output format.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
@@ -186,6 +202,8 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Run(args)) => crate::run::main(args),
+        Some(Command::RunExec(args)) => crate::run::child::main(args),
         None => run(cli.run),
     }
 }
@@ -357,7 +375,8 @@ fn settings(args: RunArgs, read_only: ReadOnlyLimits) -> Settings {
     }
 }
 
-fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
+/// Loads the policy file (or the embedded default), with the sidecar's environment applied.
+pub(crate) fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
     let (mut policy, text) = match path {
         None => (
             Policy::embedded_default(),

@@ -42,6 +42,8 @@
 //! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals;
 //!   [`bind`]: binds the listeners, waiting out a port another process holds; [`probe`]: a
 //!   readiness check (`tollgate probe`) that a squatter on the admin port cannot forge.
+//! - [`run`]: `tollgate run -- CMD`: the same stages around one command on one machine, its
+//!   listeners in a sandbox network namespace that holds the Pod's rules.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +62,7 @@ pub mod phase;
 pub mod probe;
 pub mod reload;
 pub mod route;
+pub mod run;
 pub mod server;
 pub mod spend;
 pub mod tunnel;

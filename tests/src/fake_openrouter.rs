@@ -188,9 +188,13 @@ pub struct FakeOpenRouter {
 impl FakeOpenRouter {
     /// Starts the fake on 127.0.0.1:0 with a fresh CA and the default scripts.
     pub async fn start() -> Result<FakeOpenRouter> {
+        FakeOpenRouter::start_on(TcpListener::bind("127.0.0.1:0").await?)
+    }
+
+    /// Starts the fake on `listener` (e.g. one bound inside a network namespace).
+    pub fn start_on(listener: TcpListener) -> Result<FakeOpenRouter> {
         let ca = Ca::new()?;
         let config = ca.server_config(&["openrouter.ai"])?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
         let token = CancellationToken::new();
