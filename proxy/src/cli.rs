@@ -1,5 +1,7 @@
 //! The command line (the binary's edge): flags and environment, logging, binding, signals.
 
+mod evidence;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +68,40 @@ enum Command {
         #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
         probe_secret_file: PathBuf,
     },
+    /// Check a data dir offline: proxy_decisions.jsonl's hash chain, and run_receipt.json's head
+    /// and counts against it; exits 1 naming the first broken line or field.
+    VerifyReceipt {
+        /// The data dir (holds proxy_decisions.jsonl and run_receipt.json).
+        dir: PathBuf,
+    },
+    /// Decide the connections of recorded runs again under a candidate policy and print what
+    /// changes, grouped by host pattern and reason; exits 1 when anything is newly refused.
+    Replay {
+        /// The candidate policy TOML.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// proxy_decisions.jsonl files.
+        #[arg(required = true)]
+        decisions: Vec<PathBuf>,
+    },
+    /// Print a minimal routing policy (TOML) that allows what an observe-mode run reached.
+    Suggest {
+        /// Replace two or more hosts under one parent domain by a wildcard.
+        #[arg(long)]
+        collapse_subdomains: bool,
+        /// proxy_decisions.jsonl files of observe-mode runs.
+        #[arg(required = true)]
+        decisions: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 /// Where tollgate writes its probe key: the sidecar's own `/tmp` in the shipped manifests.
@@ -148,6 +184,23 @@ struct RunArgs {
     /// mode 0600); keep it where the agent cannot read it.
     #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
     probe_secret_file: PathBuf,
+    /// Where the hash-chained decision log (proxy_decisions.jsonl) and run_receipt.json go.
+    /// Default: the policy's [intercept.budget] data_dir when the gateway runs, else none.
+    #[arg(long, env = "TOLLGATE_EVIDENCE_DIR")]
+    evidence_dir: Option<PathBuf>,
+    /// Observe mode (never for an untrusted agent): the agent phase routes as verification
+    /// would and the decision log records what the agent-phase policy would have decided, for
+    /// `tollgate suggest`.
+    #[arg(long, env = "TOLLGATE_OBSERVE")]
+    observe: bool,
+    /// At shutdown the decision log's head is written here if the file exists (kubelet creates
+    /// it), for tollgate-launch to record on the Pod.
+    #[arg(
+        long,
+        env = "TOLLGATE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    termination_log: PathBuf,
     /// Log format (logs go to stderr; RUST_LOG filters).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -186,6 +239,16 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::VerifyReceipt { dir }) => evidence::verify_receipt(&dir),
+        Some(Command::Replay {
+            policy,
+            format,
+            decisions,
+        }) => evidence::replay(&policy, &decisions, matches!(format, ReportFormat::Json)),
+        Some(Command::Suggest {
+            collapse_subdomains,
+            decisions,
+        }) => evidence::suggest(&decisions, collapse_subdomains),
         None => run(cli.run),
     }
 }
@@ -240,6 +303,28 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let metrics = Metrics::new();
     let ready = Arc::new(Readiness::default());
+    let recorder = match evidence::dir(args.evidence_dir.as_deref(), &policy.policy) {
+        Some(dir) => {
+            let ports: Vec<SocketAddr> = [
+                &args.listen,
+                &args.capture_listen,
+                &args.dns_listen,
+                &vec![args.usage_listen, args.admin_listen],
+            ]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+            Some(evidence::open(
+                &dir,
+                &policy.policy,
+                &metrics,
+                &ports,
+                args.observe,
+            )?)
+        }
+        None => None,
+    };
     // A fresh key each start, before any port is bound: a squatter never sees one.
     let probe = match ProbeKey::generate(&args.probe_secret_file) {
         Ok(key) => Some(Arc::new(key)),
@@ -275,6 +360,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             ready.clone(),
             probe.clone(),
+            recorder.clone(),
             read_only,
             admin_stop.clone(),
         ));
@@ -335,7 +421,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     server.gateway = gateway;
     server.dns = dns;
     server.resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
+    server.evidence = recorder.clone();
+    server.observe = args.observe;
     server.run(shutdown).await?;
+    if let Some(recorder) = &recorder {
+        evidence::finish(recorder, &args.termination_log);
+    }
     Ok(())
 }
 

@@ -1,0 +1,192 @@
+//! The single writer of `proxy_decisions.jsonl`.
+//!
+//! A mutex'd file rather than a channel: a record is never dropped for want of queue space, and
+//! each append is one `write` of one line (small, to the page cache), so the lock is held for
+//! microseconds. A line whose write fails is not chained (the head stays on the last line on
+//! disk, so the file still verifies), and is counted in the receipt's `write_failures` and in
+//! `tollgate_evidence_write_failures_total`.
+//!
+//! Durability: no fsync per line (a process crash loses nothing, the page cache has it; a node
+//! crash can lose the last lines, which the receipt then no longer matches); the file is fsynced
+//! whenever a receipt is written (at shutdown).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
+
+use super::chain::{self, Chain};
+use super::receipt::Receipt;
+use super::record::{DECISIONS_FILE, PhaseChange, PolicyVersion, RECEIPT_FILE, Record, Start};
+
+/// Why the decision log cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file could not be read, repaired or opened for appending.
+    #[error("decision log {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+/// Appends hash-chained records; shared by every connection and request.
+#[derive(Debug)]
+pub struct Recorder {
+    dir: PathBuf,
+    state: Mutex<State>,
+    written: IntCounter,
+    failed: IntCounter,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    chain: Chain,
+    write_failures: u64,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Recorder {
+    /// Opens (or creates) `<dir>/proxy_decisions.jsonl`, verifies what is there, continues its
+    /// chain, and appends `start`. A broken chain on disk is logged and named in the start
+    /// record; a torn last line (crash mid-write) is cut off and its size recorded.
+    pub fn open(
+        dir: &Path,
+        mut start: Start,
+        written: IntCounter,
+        failed: IntCounter,
+    ) -> Result<Self, OpenError> {
+        let path = dir.join(DECISIONS_FILE);
+        let io_err = |source| OpenError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let mut text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err(e)),
+        };
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            start.truncated_bytes = (text.len() - whole) as u64;
+            text.truncate(whole);
+            let file = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+            file.set_len(whole as u64).map_err(io_err)?;
+            tracing::warn!(path = %path.display(), bytes = start.truncated_bytes, "decision log ended in a torn line; cut off");
+        }
+        let text = String::from_utf8_lossy(&text);
+        let mut chain = Chain::default();
+        for raw in text.split_terminator('\n') {
+            if start.broken_chain.is_some() {
+                chain.resume_after(raw);
+            } else if let Err(error) = chain.push(raw) {
+                tracing::error!(path = %path.display(), %error, "the decision log on disk does not verify; continuing its chain from its last line");
+                start.broken_chain = Some(error.to_string());
+                chain.resume_after(raw);
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err)?;
+        let recorder = Self {
+            dir: dir.to_owned(),
+            state: Mutex::new(State {
+                file,
+                chain,
+                write_failures: 0,
+            }),
+            written,
+            failed,
+        };
+        recorder.append(Record::Start(start));
+        Ok(recorder)
+    }
+
+    /// Appends one record (see the module doc for what a failed write does).
+    pub fn append(&self, record: Record) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let line = match state.chain.line(now_ms(), record) {
+            Ok(line) => line,
+            Err(error) => {
+                state.write_failures += 1;
+                self.failed.inc();
+                tracing::error!(%error, "cannot serialise a decision record");
+                return;
+            }
+        };
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        if let Err(error) = state.file.write_all(&bytes) {
+            state.write_failures += 1;
+            self.failed.inc();
+            tracing::error!(%error, "cannot append to the decision log; the record is lost (counted in the receipt)");
+            return;
+        }
+        // Our own line, just serialised: it verifies unless the serialiser and parser disagree,
+        // in which case the chain is continued (and the next verification will say so).
+        if let Err(error) = state.chain.push(&line) {
+            tracing::error!(%error, "a decision record does not read back");
+            state.chain.resume_after(&line);
+        }
+        self.written.inc();
+    }
+
+    /// Records a policy version coming into force.
+    pub fn policy(&self, bytes: &[u8], origin: &str) {
+        self.append(Record::Policy(PolicyVersion {
+            sha256: chain::sha256_hex(bytes),
+            origin: origin.to_owned(),
+        }));
+    }
+
+    /// Records a phase transition.
+    pub fn phase(&self, from: Option<&str>, to: &str, source: &str) {
+        self.append(Record::Phase(PhaseChange {
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            source: source.to_owned(),
+        }));
+    }
+
+    /// The receipt for the chain as it stands.
+    pub fn receipt(&self) -> Receipt {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Receipt::new(state.chain.summary().clone(), state.write_failures)
+    }
+
+    /// Fsyncs the log and writes `run_receipt.json` beside it (atomically: temp file, fsync,
+    /// rename). Returns the receipt written.
+    pub fn write_receipt(&self) -> io::Result<Receipt> {
+        let receipt = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.file.sync_data()?;
+            Receipt::new(state.chain.summary().clone(), state.write_failures)
+        };
+        let json = serde_json::to_vec_pretty(&receipt).map_err(io::Error::other)?;
+        let tmp = self.dir.join(format!("{RECEIPT_FILE}.tmp"));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.dir.join(RECEIPT_FILE))?;
+        Ok(receipt)
+    }
+}
