@@ -197,6 +197,9 @@ impl Server {
             let (built, state, bg) =
                 Gateway::start(current.clone(), &metrics, settings.gateway, &background)?;
             interceptor = Arc::new(built);
+            if let Some(evidence) = &evidence {
+                let _ = state.evidence.set(evidence.clone());
+            }
             running = Some(bg);
             if let Some(usage_listener) = usage {
                 log_listening("usage", &usage_listener);

@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 
 use super::chain::{self, Chain};
 use super::receipt::Receipt;
-use super::record::{DECISIONS_FILE, PhaseChange, PolicyVersion, RECEIPT_FILE, Record, Start};
+use super::record::{DECISIONS_FILE, Llm, PhaseChange, PolicyVersion, RECEIPT_FILE, Record, Start};
 
 /// Why the decision log cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +161,26 @@ impl Recorder {
             from: from.map(str::to_owned),
             to: to.to_owned(),
             source: source.to_owned(),
+        }));
+    }
+
+    /// Records one LLM request: the model it named, the status the agent got, `forwarded` or the
+    /// refusal's reason, and what it cost (micro-USD).
+    pub fn llm(
+        &self,
+        model: Option<&str>,
+        status: u16,
+        reason: &str,
+        charged_micros: u64,
+        overcharge_micros: u64,
+    ) {
+        self.append(Record::Llm(Llm {
+            model: model.map(str::to_owned),
+            status,
+            reason: reason.to_owned(),
+            charged_micros,
+            overcharge_micros,
+            violation: None,
         }));
     }
 

@@ -45,6 +45,9 @@ pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> 
                 latency_ms = started.elapsed().as_millis() as u64,
                 "request"
             );
+            if let Some(evidence) = state.evidence.get() {
+                evidence.llm(None, refusal.status.as_u16(), refusal.reason, 0, 0);
+            }
             settle::full(refusal.response())
         }
     }

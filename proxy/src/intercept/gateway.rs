@@ -109,6 +109,8 @@ pub struct State {
     pub metrics: Metrics,
     /// The spend stage's series (labels the spend with policy-named models).
     pub spend_metrics: SpendMetrics,
+    /// The hash-chained decision log, set once by the server after start (if any).
+    pub evidence: std::sync::OnceLock<Arc<crate::evidence::Recorder>>,
 }
 
 /// The interceptor plugged into the router's seam.
@@ -226,6 +228,7 @@ impl Gateway {
             },
             metrics: metrics.clone(),
             spend_metrics,
+            evidence: std::sync::OnceLock::new(),
         });
         tokio::spawn(pricing::refresh(state.clone(), shutdown.clone()));
         tokio::spawn(workspace::poll(state.clone(), shutdown.clone()));

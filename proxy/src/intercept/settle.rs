@@ -397,6 +397,10 @@ fn finish(
         error = error.as_deref().unwrap_or("-"),
         "request"
     );
+    if let Some(evidence) = state.evidence.get() {
+        let (charged, over) = (settled.charged.0, settled.overcharge.0);
+        evidence.llm(Some(&m.model), status, "forwarded", charged, over);
+    }
 }
 
 /// `GET /api/v1/generation?id=` with backoff; `None` when no cost could be learned in time.
