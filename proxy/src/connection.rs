@@ -466,9 +466,9 @@ fn record(
         "connection"
     );
     if let Some(evidence) = evidence {
-        evidence.append(evidence::Record::Connection(evidence_line(
+        evidence.append(evidence::Record::Connection(Box::new(evidence_line(
             o, peer, orig_dst, duration,
-        )));
+        ))));
     }
 }
 

@@ -83,9 +83,8 @@ fn lines(dir: &Path) -> Vec<String> {
 /// A copy of `dir` whose decision log is `lines`.
 fn tampered(dir: &Path, lines: &[String]) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();
-    for name in ["run_receipt.json"] {
-        std::fs::copy(dir.join(name), copy.path().join(name)).unwrap();
-    }
+    let receipt = "run_receipt.json";
+    std::fs::copy(dir.join(receipt), copy.path().join(receipt)).unwrap();
     let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(copy.path().join(DECISIONS), body).unwrap();
     copy

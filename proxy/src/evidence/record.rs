@@ -35,8 +35,9 @@ pub enum Record {
     Policy(PolicyVersion),
     /// The phase changed.
     Phase(PhaseChange),
-    /// One connection's decision (the decision log line's fields).
-    Connection(Connection),
+    /// One connection's decision (the decision log line's fields). Boxed: the common record
+    /// is the largest.
+    Connection(Box<Connection>),
     /// One LLM request's outcome.
     Llm(Llm),
 }
