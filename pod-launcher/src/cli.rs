@@ -559,7 +559,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Wait { pod, what, timeout } => {
             let api = pods(ns).await?;
             match steer::wait(&api, &pod, what, timeout, Duration::from_secs(2)).await {
-                Ok(p) => print_json(&StatusView::of(&p, label))?,
+                Ok(p) => {
+                    // A completed task: anchor its run receipt outside the Pod's reach.
+                    if what == WaitFor::Completed
+                        && let Some(head) = steer::decisions_head(&p)
+                    {
+                        steer::record_decisions_head(&api, &pod, &head).await?;
+                    }
+                    print_json(&StatusView::of(&p, label))?;
+                }
                 Err(e @ steer::WaitError::Timeout { .. }) => return Err(Failure::Timeout(e)),
                 Err(e) => return Err(e.into()),
             }
