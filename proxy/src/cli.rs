@@ -193,6 +193,10 @@ struct RunArgs {
     /// `tollgate suggest`.
     #[arg(long, env = "TOLLGATE_OBSERVE")]
     observe: bool,
+    /// Bound on proxy_decisions.jsonl (it shares the data dir with the spend ledger); records
+    /// beyond it are counted in the receipt, not written. Suffixes KiB, MiB.
+    #[arg(long, env = "TOLLGATE_EVIDENCE_MAX_BYTES", default_value = "16MiB")]
+    evidence_max_bytes: ByteSize,
     /// At shutdown the decision log's head is written here if the file exists (kubelet creates
     /// it), for tollgate-launch to record on the Pod.
     #[arg(
@@ -321,6 +325,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 &metrics,
                 &ports,
                 args.observe,
+                args.evidence_max_bytes.0 as u64,
             )?)
         }
         None => None,

@@ -81,8 +81,9 @@ pub struct Metrics {
     pub dns_upstream_latency: Histogram,
     /// Records appended to the hash-chained decision log (`evidence`).
     pub evidence_records: IntCounter,
-    /// Records the decision log could not take (each also counted in the run receipt).
-    pub evidence_write_failures: IntCounter,
+    /// Records the decision log could not take, by reason (`io`, `size-limit`); each is also
+    /// counted in the run receipt.
+    pub evidence_write_failures: IntCounterVec,
     /// 1 when the agent phase runs in observe mode (routes as verification; never the default).
     pub observe_mode: IntGauge,
 }
@@ -207,9 +208,12 @@ impl Metrics {
                 "Records appended to the hash-chained decision log.",
             )
             .expect("static metric definition is valid"),
-            evidence_write_failures: IntCounter::new(
-                "tollgate_evidence_write_failures_total",
-                "Decision records the log could not take (also counted in the run receipt).",
+            evidence_write_failures: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_evidence_write_failures_total",
+                    "Decision records the log could not take, by reason (also counted in the run receipt).",
+                ),
+                &["reason"],
             )
             .expect("static metric definition is valid"),
             observe_mode: IntGauge::new(

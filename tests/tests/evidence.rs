@@ -63,9 +63,11 @@ async fn record_run(lb: &Loopback, spec: &PolicySpec, dir: &Path, extra: &[&str]
     let (status, body) = proxy.admin_get("/run_receipt.json").await.unwrap();
     assert_eq!(status, 200, "{body}");
     let live: Value = serde_json::from_str(&body).unwrap();
-    // The receipt covers the whole file: earlier runs in `dir` too, four connections each.
+    // The receipt covers the whole file: earlier runs in `dir` too, four connections each
+    // (written or, past the size bound, dropped).
     let runs = live["starts"].as_array().unwrap().len() as u64;
-    assert_eq!(live["connections"]["total"], 4 * runs, "{body}");
+    let seen = live["connections"]["total"].as_u64().unwrap() + live["dropped"].as_u64().unwrap();
+    assert_eq!(seen, 4 * runs, "{body}");
     proxy.sigterm().unwrap();
     let exit = proxy.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert!(exit.success(), "{}", proxy.describe());
@@ -301,4 +303,37 @@ async fn suggest_from_an_observed_run_passes_check_and_replays_with_nothing_refu
     assert!(stdout.contains("newly refused: 0"), "{}", text(&out));
     // What the agent phase refused is what the suggestion opens: exactly the observed hosts.
     assert!(stdout.contains("newly allowed: 3"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_counts_what_it_drops_and_still_verifies() {
+    let lb = Loopback::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = record_run(
+        &lb,
+        &lb.policy(),
+        dir.path(),
+        &["--evidence-max-bytes", "1KiB"],
+    )
+    .await;
+    let out = verify(dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("the log is incomplete"),
+        "{}",
+        text(&out)
+    );
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run_receipt.json")).unwrap())
+            .unwrap();
+    let dropped = receipt["dropped"].as_u64().unwrap();
+    let written = receipt["connections"]["total"].as_u64().unwrap();
+    assert!(dropped > 0, "{receipt}");
+    assert_eq!(
+        dropped + written,
+        4,
+        "every connection is either written or counted: {receipt}"
+    );
+    assert!(std::fs::metadata(dir.path().join(DECISIONS)).unwrap().len() <= 1024 + 512);
+    drop(proxy);
 }

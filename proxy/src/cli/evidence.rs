@@ -28,10 +28,10 @@ pub fn verify_receipt(dir: &Path) -> ExitCode {
                 r.summary.llm.requests,
                 r.write_failures
             );
-            if r.write_failures > 0 {
+            if r.write_failures > 0 || r.dropped > 0 {
                 println!(
-                    "warning: {} records could not be written during the run",
-                    r.write_failures
+                    "warning: the log is incomplete: {} records failed to write, {} were dropped at the size bound",
+                    r.write_failures, r.dropped
                 );
             }
             for start in r
@@ -126,6 +126,7 @@ pub fn open(
     metrics: &Metrics,
     ports: &[SocketAddr],
     observe: bool,
+    max_bytes: u64,
 ) -> anyhow::Result<Arc<Recorder>> {
     let configured = &policy.gateway.budget.evaluation_run_id;
     let run_id = if configured.is_empty() {
@@ -153,8 +154,9 @@ pub fn open(
     let recorder = Recorder::open(
         dir,
         start,
+        max_bytes,
         metrics.evidence_records.clone(),
-        metrics.evidence_write_failures.clone(),
+        &metrics.evidence_write_failures,
     )
     .with_context(|| format!("cannot open the decision log in {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "decision log open");

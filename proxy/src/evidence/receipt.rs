@@ -24,6 +24,9 @@ pub struct Receipt {
     /// Records that could not be written to the log (each logged and counted); non-zero means
     /// the log is incomplete though the chain verifies.
     pub write_failures: u64,
+    /// Records not written because the log reached its size bound; non-zero means the log is
+    /// incomplete though the chain verifies.
+    pub dropped: u64,
     /// Everything recomputable from the log.
     #[serde(flatten)]
     pub summary: Summary,
@@ -31,12 +34,13 @@ pub struct Receipt {
 
 impl Receipt {
     /// A receipt for `summary`, now.
-    pub fn new(summary: Summary, write_failures: u64) -> Self {
+    pub fn new(summary: Summary, write_failures: u64, dropped: u64) -> Self {
         Self {
             format: FORMAT,
             generated_at_ms: now_ms(),
             commit: crate::COMMIT.to_owned(),
             write_failures,
+            dropped,
             summary,
         }
     }

@@ -6,6 +6,10 @@
 //! disk, so the file still verifies), and is counted in the receipt's `write_failures` and in
 //! `tollgate_evidence_write_failures_total`.
 //!
+//! Size: the data dir is a small volume shared with the spend ledger, and the agent decides how
+//! many connections it opens, so the log stops growing at `max_bytes`; records beyond it are
+//! counted (`dropped` in the receipt, `reason="size-limit"` in the metric), never written.
+//!
 //! Durability: no fsync per line (a process crash loses nothing, the page cache has it; a node
 //! crash can lose the last lines, which the receipt then no longer matches); the file is fsynced
 //! whenever a receipt is written (at shutdown).
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 
 use super::chain::{self, Chain};
 use super::receipt::Receipt;
@@ -41,14 +45,23 @@ pub struct Recorder {
     dir: PathBuf,
     state: Mutex<State>,
     written: IntCounter,
-    failed: IntCounter,
+    io_failed: IntCounter,
+    dropped: IntCounter,
+    max_bytes: u64,
 }
 
 #[derive(Debug)]
 struct State {
     file: File,
     chain: Chain,
+    bytes: u64,
     write_failures: u64,
+    dropped: u64,
+}
+
+enum RecordKind {
+    Start,
+    Other,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -65,8 +78,9 @@ impl Recorder {
     pub fn open(
         dir: &Path,
         mut start: Start,
+        max_bytes: u64,
         written: IntCounter,
-        failed: IntCounter,
+        failed: &IntCounterVec,
     ) -> Result<Self, OpenError> {
         let path = dir.join(DECISIONS_FILE);
         let io_err = |source| OpenError::Io {
@@ -108,10 +122,14 @@ impl Recorder {
             state: Mutex::new(State {
                 file,
                 chain,
+                bytes: text.len() as u64,
                 write_failures: 0,
+                dropped: 0,
             }),
             written,
-            failed,
+            io_failed: failed.with_label_values(&["io"]),
+            dropped: failed.with_label_values(&["size-limit"]),
+            max_bytes,
         };
         recorder.append(Record::Start(start));
         Ok(recorder)
@@ -119,12 +137,16 @@ impl Recorder {
 
     /// Appends one record (see the module doc for what a failed write does).
     pub fn append(&self, record: Record) {
+        let record_kind = match record {
+            Record::Start(_) => RecordKind::Start,
+            _ => RecordKind::Other,
+        };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let line = match state.chain.line(now_ms(), record) {
             Ok(line) => line,
             Err(error) => {
                 state.write_failures += 1;
-                self.failed.inc();
+                self.io_failed.inc();
                 tracing::error!(%error, "cannot serialise a decision record");
                 return;
             }
@@ -132,9 +154,22 @@ impl Recorder {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
+        // Start records always go in: they are few (one per process start) and bind the run.
+        let start = matches!(record_kind, RecordKind::Start);
+        if !start && state.bytes + bytes.len() as u64 > self.max_bytes {
+            if state.dropped == 0 {
+                tracing::warn!(
+                    max_bytes = self.max_bytes,
+                    "the decision log is full; further records are counted, not written"
+                );
+            }
+            state.dropped += 1;
+            self.dropped.inc();
+            return;
+        }
         if let Err(error) = state.file.write_all(&bytes) {
             state.write_failures += 1;
-            self.failed.inc();
+            self.io_failed.inc();
             tracing::error!(%error, "cannot append to the decision log; the record is lost (counted in the receipt)");
             return;
         }
@@ -144,6 +179,7 @@ impl Recorder {
             tracing::error!(%error, "a decision record does not read back");
             state.chain.resume_after(&line);
         }
+        state.bytes += bytes.len() as u64;
         self.written.inc();
     }
 
@@ -187,7 +223,11 @@ impl Recorder {
     /// The receipt for the chain as it stands.
     pub fn receipt(&self) -> Receipt {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Receipt::new(state.chain.summary().clone(), state.write_failures)
+        Receipt::new(
+            state.chain.summary().clone(),
+            state.write_failures,
+            state.dropped,
+        )
     }
 
     /// Fsyncs the log and writes `run_receipt.json` beside it (atomically: temp file, fsync,
@@ -196,7 +236,11 @@ impl Recorder {
         let receipt = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.file.sync_data()?;
-            Receipt::new(state.chain.summary().clone(), state.write_failures)
+            Receipt::new(
+                state.chain.summary().clone(),
+                state.write_failures,
+                state.dropped,
+            )
         };
         let json = serde_json::to_vec_pretty(&receipt).map_err(io::Error::other)?;
         let tmp = self.dir.join(format!("{RECEIPT_FILE}.tmp"));
