@@ -11,7 +11,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use tollgate_tests::fake_openrouter::CHAT;
 use tollgate_tests::fixture::Loopback;
+use tollgate_tests::gateway::{Gateway, MODEL, chat};
 use tollgate_tests::policy::PolicySpec;
 use tollgate_tests::proxy::{Proxy, tollgate_bin};
 
@@ -336,4 +338,49 @@ async fn a_full_log_counts_what_it_drops_and_still_verifies() {
     );
     assert!(std::fs::metadata(dir.path().join(DECISIONS)).unwrap().len() <= 1024 + 512);
     drop(proxy);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn llm_requests_are_chained_and_summed_by_model() {
+    let gw = Gateway::new().await.unwrap();
+    let mut run = gw.start(&gw.spec()).await.unwrap();
+    let ok = run.client().post_json(CHAT, &chat(MODEL)).await.unwrap();
+    assert_eq!(ok.status, 200, "{}\n{}", ok.text(), run.proxy.describe());
+    let refused = run
+        .client()
+        .post_json("/api/v1/not-an-endpoint", &chat(MODEL))
+        .await
+        .unwrap();
+    assert!(refused.status >= 400, "{}", refused.text());
+    run.proxy.sigterm().unwrap();
+    assert!(
+        run.proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
+    let dir = gw.data_dir();
+    let out = verify(&dir);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        run.proxy.describe()
+    );
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run_receipt.json")).unwrap()).unwrap();
+    let llm = &receipt["llm"];
+    assert_eq!(llm["requests"], 2, "{receipt}");
+    assert_eq!(llm["refused"], 1, "{receipt}");
+    assert_eq!(llm["by_model"][MODEL]["requests"], 1, "{receipt}");
+    assert_eq!(
+        llm["by_model"][MODEL]["charged_micros"], llm["spent_micros"],
+        "{receipt}"
+    );
+    assert!(llm["budget_micros"].as_u64().unwrap() > 0, "{receipt}");
+    assert_eq!(
+        receipt["connections"]["by_route"]["intercept"], 2,
+        "{receipt}"
+    );
 }
