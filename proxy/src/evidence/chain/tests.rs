@@ -87,3 +87,72 @@ fn the_genesis_binds_the_run_id() {
         }
     );
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::evidence::record::Connection;
+
+    fn connection(sni: String, bytes_up: u64, rule: Option<String>) -> Record {
+        Record::Connection(Box::new(Connection {
+            listener: "sni".into(),
+            peer: "127.0.0.1:1".into(),
+            orig_dst: None,
+            sni: Some(sni),
+            encrypted: None,
+            phase: "agent".into(),
+            decided: Some("tunnel".into()),
+            route: "tunnel".into(),
+            reason: "allow-listed".into(),
+            rule,
+            bytes_up,
+            bytes_down: 0,
+            duration_ms: 1,
+            end: "closed".into(),
+            error: None,
+            observed: None,
+        }))
+    }
+
+    proptest! {
+        /// Any text: the verifier returns (an error or a chain), never panics.
+        #[test]
+        fn verify_never_panics(text in "\\PC*(\n\\PC*){0,4}") {
+            let _ = verify(&text);
+        }
+
+        /// A written chain of arbitrary records verifies, and changing any one byte of it either
+        /// breaks verification or changes the head the receipt holds.
+        #[test]
+        fn any_one_byte_change_is_detected(
+            records in proptest::collection::vec(
+                ("\\PC{0,12}", any::<u64>(), proptest::option::of("[a-z*.]{1,8}")), 1..6),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut chain = Chain::default();
+            let mut text = String::new();
+            for (i, record) in std::iter::once(start("r")).chain(
+                records.into_iter().map(|(s, b, r)| connection(s, b, r))).enumerate()
+            {
+                let line = chain.line(i as u64, record).unwrap();
+                chain.push(&line).unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let head = chain.summary().head.clone();
+            let verified = verify(&text).unwrap();
+            prop_assert_eq!(&verified.summary().head, &head);
+            let mut bytes = text.into_bytes();
+            let i = at.index(bytes.len());
+            prop_assume!(bytes[i] != byte);
+            bytes[i] = byte;
+            let tampered = String::from_utf8_lossy(&bytes);
+            match verify(&tampered) {
+                Err(_) => {}
+                Ok(c) => prop_assert_ne!(&c.summary().head, &head),
+            }
+        }
+    }
+}
