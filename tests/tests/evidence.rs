@@ -384,3 +384,85 @@ async fn llm_requests_are_chained_and_summed_by_model() {
         "{receipt}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_versions_and_phase_changes_are_in_the_receipt() {
+    let lb = Loopback::new().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = lb.policy();
+    let mut proxy = lb
+        .proxy_builder(&first)
+        .unwrap()
+        .arg("--evidence-dir")
+        .arg(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let second = lb.policy().allow(&["extra.test"]);
+    lb.write_policy(&second).unwrap();
+    let settle = tollgate_tests::fixture::SETTLE;
+    proxy
+        .wait_for_metric(
+            "tollgate_policy_reloads_total",
+            &[("result", "ok")],
+            settle,
+            |v| v >= 1.0,
+        )
+        .await
+        .unwrap();
+    std::fs::write(
+        proxy.labels_file(),
+        tollgate_tests::policy::labels_file_body(Some("verification")),
+    )
+    .unwrap();
+    proxy
+        .wait_for_metric(
+            "tollgate_phase",
+            &[("phase", "verification")],
+            settle,
+            |v| v == 1.0,
+        )
+        .await
+        .unwrap();
+    proxy.sigterm().unwrap();
+    assert!(
+        proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
+
+    let out = verify(dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run_receipt.json")).unwrap())
+            .unwrap();
+    let sha = |spec: &PolicySpec| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, spec.to_toml().as_bytes());
+        digest
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let policies: Vec<&str> = receipt["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, [sha(&first), sha(&second)], "{receipt}");
+    let phases: Vec<(&Value, &Value)> = receipt["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p["to"], &p["source"]))
+        .collect();
+    assert_eq!(phases.len(), 2, "{receipt}");
+    assert_eq!(
+        (phases[0].0, phases[1].0),
+        (&"agent".into(), &"verification".into())
+    );
+    assert_eq!(phases[1].1, "label");
+}
