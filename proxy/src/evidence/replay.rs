@@ -1,13 +1,14 @@
 //! `tollgate replay`: decides recorded connections again under a candidate policy, with the
 //! proxy's own pure functions ([`route::decide_hello`], [`route::decide_capture`]), and reports
-//! what changes, grouped by host pattern and reason.
+//! what changes, grouped by host pattern and reason. Forwarded LLM requests are checked again
+//! against the candidate's model rules (`[intercept.models]`, the gateway's own check).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tollgate_policy::{Phase, Policy};
 
-use super::record::{self, Connection, Record};
+use super::record::{self, Connection, Llm, Record};
 use crate::client_hello::{ClientHello, Encrypted};
 use crate::route::{self, Decision, Route};
 
@@ -35,6 +36,10 @@ pub struct Report {
     pub replayed: u64,
     /// Connections skipped: no decision was recorded (unreadable hello, connection limit).
     pub skipped: u64,
+    /// Forwarded LLM requests whose model was checked again.
+    pub replayed_llm: u64,
+    /// LLM requests refused before their model was known (not checked again).
+    pub skipped_llm: u64,
     /// Allowed then (tunnel or intercept), refused now.
     pub newly_refused: Vec<Group>,
     /// Refused then, allowed now.
@@ -79,6 +84,7 @@ impl Replay {
             match line.record {
                 Record::Start(start) => own_ports = start.own_ports,
                 Record::Connection(c) => self.connection(&c, policy, &own_ports),
+                Record::Llm(r) => self.llm(&r, policy),
                 _ => {}
             }
         }
@@ -121,6 +127,33 @@ impl Replay {
         group.count += 1;
         if group.examples.len() < EXAMPLES && !group.examples.contains(&target) {
             group.examples.push(target);
+        }
+    }
+
+    /// A forwarded request whose model the candidate's model rules refuse is newly refused,
+    /// grouped under `model:<name>` and the rule's reason.
+    fn llm(&mut self, r: &Llm, policy: &Policy) {
+        let Some(model) = r.model.as_deref().filter(|_| r.reason == "forwarded") else {
+            self.report.skipped_llm += 1;
+            return;
+        };
+        self.report.replayed_llm += 1;
+        let Err(denied) = policy.gateway.models.check_all([model]) else {
+            return;
+        };
+        let pattern = format!("model:{model}");
+        let reason = denied.reason().to_owned();
+        let group = self
+            .refused
+            .entry((pattern.clone(), reason.clone()))
+            .or_insert_with(|| Group {
+                pattern,
+                reason,
+                ..Group::default()
+            });
+        group.count += 1;
+        if group.examples.is_empty() {
+            group.examples.push(model.to_owned());
         }
     }
 
@@ -169,8 +202,9 @@ impl Report {
     /// The report as text, one group per line.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "replayed {} connections ({} skipped: no decision recorded)\n",
-            self.replayed, self.skipped
+            "replayed {} connections ({} skipped: no decision recorded) and {} LLM requests' \
+             model checks ({} refused before their model was known)\n",
+            self.replayed, self.skipped, self.replayed_llm, self.skipped_llm
         );
         for (title, groups) in [
             ("newly refused", &self.newly_refused),
