@@ -330,6 +330,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let _receipt = recorder.clone().map(|recorder| evidence::ReceiptOnExit {
+        recorder,
+        termination_log: args.termination_log.clone(),
+    });
     // A fresh key each start, before any port is bound: a squatter never sees one.
     let probe = match ProbeKey::generate(&args.probe_secret_file) {
         Ok(key) => Some(Arc::new(key)),
@@ -429,9 +433,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     server.evidence = recorder.clone();
     server.observe = args.observe;
     server.run(shutdown).await?;
-    if let Some(recorder) = &recorder {
-        evidence::finish(recorder, &args.termination_log);
-    }
     Ok(())
 }
 

@@ -225,12 +225,14 @@ impl Server {
             ));
         }
         if !dns.is_empty() {
-            let stage = Arc::new(Dns::new(
+            let mut stage = Dns::new(
                 current.clone(),
                 phase_state.clone(),
                 metrics.clone(),
                 resolv,
-            ));
+            );
+            stage.observe = observe;
+            let stage = Arc::new(stage);
             for (udp, tcp) in dns {
                 if let Ok(addr) = udp.local_addr() {
                     tracing::info!(listener = "dns", addr = %addr, "listening");

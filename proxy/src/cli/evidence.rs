@@ -163,6 +163,21 @@ pub fn open(
     Ok(Arc::new(recorder))
 }
 
+/// Writes the receipt when dropped: at the end of the run, however it ends (shutdown before
+/// every port was bound, or a gateway that failed to start, included).
+pub struct ReceiptOnExit {
+    /// The run's decision log.
+    pub recorder: Arc<Recorder>,
+    /// Where the head goes for the launcher.
+    pub termination_log: PathBuf,
+}
+
+impl Drop for ReceiptOnExit {
+    fn drop(&mut self) {
+        finish(&self.recorder, &self.termination_log);
+    }
+}
+
 /// At shutdown: writes `run_receipt.json`, and the chain's head to the container's termination
 /// log (where the launcher reads it) when that file exists (kubelet creates it).
 pub fn finish(recorder: &Recorder, termination_log: &Path) {
