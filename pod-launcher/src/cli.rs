@@ -93,6 +93,8 @@ pub enum Command {
         pod: String,
     },
     /// Wait until a task Pod is Running or has completed (exit 75 on timeout, 1 if it failed).
+    /// Once completed, the proxy's decision-log head (from its termination message) is recorded
+    /// as the Pod annotation tollgate.dev/decisions-head: the anchor for its run receipt.
     Wait {
         /// Pod name.
         pod: String,
