@@ -254,3 +254,84 @@ impl Recorder {
         Ok(receipt)
     }
 }
+
+#[cfg(test)]
+mod bench {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::evidence::record::Connection;
+
+    /// CPU time this thread has run, ns (`/proc/thread-self/schedstat`, first field).
+    fn thread_cpu_ns() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn record(i: u64) -> Record {
+        Record::Connection(Box::new(Connection {
+            listener: "sni".into(),
+            peer: format!("10.0.0.1:{}", i % 60000),
+            orig_dst: None,
+            sni: Some("files.pythonhosted.org".into()),
+            encrypted: None,
+            phase: "agent".into(),
+            decided: Some("tunnel".into()),
+            route: "tunnel".into(),
+            reason: "allow-listed".into(),
+            rule: Some("*.pythonhosted.org".into()),
+            bytes_up: 1234 + i,
+            bytes_down: 567_890,
+            duration_ms: 42,
+            end: "closed".into(),
+            error: None,
+            observed: None,
+        }))
+    }
+
+    /// CPU per appended record (hash + serialise + write + fold) against the baseline of only
+    /// serialising the same record: `cargo test -p tollgate --release evidence::recorder::bench
+    /// -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn append_cost_against_serialising() {
+        const N: u64 = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let start = Start {
+            run_id: "bench".into(),
+            commit: "c".into(),
+            version: "v".into(),
+            budget_micros: None,
+            own_ports: vec![],
+            broken_chain: None,
+            truncated_bytes: 0,
+            observe: false,
+        };
+        let failed = IntCounterVec::new(prometheus::Opts::new("f", "f"), &["reason"]).unwrap();
+        let rec = Recorder::open(
+            dir.path(),
+            start,
+            u64::MAX,
+            IntCounter::new("w", "w").unwrap(),
+            &failed,
+        )
+        .unwrap();
+        let t0 = thread_cpu_ns();
+        let mut bytes = 0;
+        for i in 0..N {
+            bytes += serde_json::to_string(&record(i)).unwrap().len();
+        }
+        let base = thread_cpu_ns() - t0;
+        let t1 = thread_cpu_ns();
+        for i in 0..N {
+            rec.append(record(i));
+        }
+        let append = thread_cpu_ns() - t1;
+        println!(
+            "per record: serialise only {} ns, append {} ns, ratio {:.2} ({} bytes/line)",
+            base / N,
+            append / N,
+            append as f64 / base as f64,
+            bytes as u64 / N
+        );
+    }
+}
