@@ -12,6 +12,7 @@ use serde::Serialize;
 use tollgate_policy::Phase;
 
 use crate::FIELD_MANAGER;
+use crate::admit::PROXY_CONTAINER;
 use crate::render::IMAGE_ANNOTATION;
 
 /// Sets the phase label; returns the value the API server now holds.
@@ -38,6 +39,59 @@ pub async fn set_phase(
     };
     let pod = pods.patch(name, &params, &Patch::Merge(&patch)).await?;
     Ok(pod.metadata.labels.and_then(|mut l| l.remove(label)))
+}
+
+/// The annotation `wait --for completed` sets to the proxy's decision-log head: the anchor a
+/// run receipt is checked against (the agent cannot write Pod annotations nor the proxy's
+/// termination message, where the head is read from).
+pub const DECISIONS_HEAD_ANNOTATION: &str = "tollgate.dev/decisions-head";
+
+/// The head of the proxy's hash-chained decision log, from the `decisions-head=<sha256 hex>`
+/// line tollgate writes to its termination message at shutdown; `None` if it is absent or not
+/// a SHA-256.
+pub fn decisions_head(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let proxy = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find(|s| s.name == PROXY_CONTAINER)?;
+    let message = proxy
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .message
+        .as_deref()?;
+    let head = message
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("decisions-head="))?;
+    (head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
+}
+
+/// Records `head` as the Pod's [`DECISIONS_HEAD_ANNOTATION`] (a merge patch of that one key).
+pub async fn record_decisions_head(
+    pods: &Api<Pod>,
+    name: &str,
+    head: &str,
+) -> Result<(), kube::Error> {
+    let patch = Pod {
+        metadata: ObjectMeta {
+            annotations: Some(BTreeMap::from([(
+                DECISIONS_HEAD_ANNOTATION.to_owned(),
+                head.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..Pod::default()
+    };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    pods.patch(name, &params, &Patch::Merge(&patch)).await?;
+    Ok(())
 }
 
 /// One container's state, for `status`.

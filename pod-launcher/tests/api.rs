@@ -752,3 +752,43 @@ fn status_view_reads_phase_label_image_and_the_build_digest() {
         })
     );
 }
+
+#[tokio::test]
+async fn a_completed_tasks_decision_head_is_recorded_as_an_annotation() {
+    let head = "ab".repeat(32);
+    let mut done = pod_in_phase("Succeeded");
+    done["status"]["initContainerStatuses"] = json!([{
+        "name": "tollgate-proxy", "image": "p", "imageID": "", "ready": false, "restartCount": 0,
+        "state": { "terminated": {
+            "exitCode": 0, "message": format!("decisions-head={head}\nrecords=9\n")
+        } }
+    }]);
+    let pod: Pod = serde_json::from_value(done.clone()).unwrap();
+    assert_eq!(steer::decisions_head(&pod).as_deref(), Some(head.as_str()));
+    let mut forged = done.clone();
+    forged["status"]["initContainerStatuses"][0]["name"] = json!("agent");
+    let forged: Pod = serde_json::from_value(forged).unwrap();
+    assert_eq!(
+        steer::decisions_head(&forged),
+        None,
+        "only the proxy's message counts"
+    );
+
+    let (client, script) = scripted(vec![Exchange {
+        content_type: Some("application/merge-patch+json"),
+        body: Some(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "annotations": { "tollgate.dev/decisions-head": head } }
+        })),
+        ..exchange(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/{NS}/pods/{POD}?&fieldManager=tollgate-launch"),
+            done,
+        )
+    }]);
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    steer::record_decisions_head(&pods, POD, &head)
+        .await
+        .unwrap();
+    script.await.unwrap();
+}

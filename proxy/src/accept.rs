@@ -102,6 +102,7 @@ impl Acceptor {
                 let phase = self.ctx.phase.get();
                 connection::refuse(
                     &self.ctx.metrics,
+                    self.ctx.evidence.as_deref(),
                     self.kind,
                     peer,
                     phase,

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::evidence::Recorder;
 use crate::metrics::Metrics;
 use crate::probe::{self, ProbeKey};
 
@@ -44,11 +45,17 @@ pub async fn serve(
     metrics: Metrics,
     ready: Arc<Readiness>,
     probe: Option<Arc<ProbeKey>>,
+    evidence: Option<Arc<Recorder>>,
     limits: ReadOnlyLimits,
     shutdown: CancellationToken,
 ) {
     let catalog = metrics.clone();
-    let responder = move |req: &Request<Incoming>| respond(req, &metrics, &ready, probe.as_deref());
+    let responder = move |req: &Request<Incoming>| {
+        if req.uri().path() == "/run_receipt.json" {
+            return receipt(evidence.as_deref());
+        }
+        respond(req, &metrics, &ready, probe.as_deref())
+    };
     serve_read_only(
         "admin",
         listener,
@@ -184,6 +191,24 @@ fn respond(
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `GET /run_receipt.json`: the receipt for the decision log as it stands (read only: the file
+/// in the data dir is written at shutdown).
+fn receipt(evidence: Option<&Recorder>) -> Response<Full<Bytes>> {
+    let Some(evidence) = evidence else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no decision log: no data dir configured\n",
+        );
+    };
+    match serde_json::to_vec_pretty(&evidence.receipt()) {
+        Ok(body) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n")),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "render failed\n"),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The command line (the binary's edge): flags and environment, logging, binding, signals.
 
+mod evidence;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +83,40 @@ enum Command {
         #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
         probe_secret_file: PathBuf,
     },
+    /// Check a data dir offline: proxy_decisions.jsonl's hash chain, and run_receipt.json's head
+    /// and counts against it; exits 1 naming the first broken line or field.
+    VerifyReceipt {
+        /// The data dir (holds proxy_decisions.jsonl and run_receipt.json).
+        dir: PathBuf,
+    },
+    /// Decide the connections of recorded runs again under a candidate policy and print what
+    /// changes, grouped by host pattern and reason; exits 1 when anything is newly refused.
+    Replay {
+        /// The candidate policy TOML.
+        #[arg(long)]
+        policy: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+        /// proxy_decisions.jsonl files.
+        #[arg(required = true)]
+        decisions: Vec<PathBuf>,
+    },
+    /// Print a minimal routing policy (TOML) that allows what an observe-mode run reached.
+    Suggest {
+        /// Replace two or more hosts under one parent domain by a wildcard.
+        #[arg(long)]
+        collapse_subdomains: bool,
+        /// proxy_decisions.jsonl files of observe-mode runs.
+        #[arg(required = true)]
+        decisions: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
 }
 
 /// Where tollgate writes its probe key: the sidecar's own `/tmp` in the shipped manifests.
@@ -163,6 +199,27 @@ struct RunArgs {
     /// mode 0600); keep it where the agent cannot read it.
     #[arg(long, env = "TOLLGATE_PROBE_SECRET_FILE", default_value = DEFAULT_PROBE_KEY)]
     probe_secret_file: PathBuf,
+    /// Where the hash-chained decision log (proxy_decisions.jsonl) and run_receipt.json go.
+    /// Default: the policy's [intercept.budget] data_dir when the gateway runs, else none.
+    #[arg(long, env = "TOLLGATE_EVIDENCE_DIR")]
+    evidence_dir: Option<PathBuf>,
+    /// Observe mode (never for an untrusted agent): the agent phase routes as verification
+    /// would and the decision log records what the agent-phase policy would have decided, for
+    /// `tollgate suggest`.
+    #[arg(long, env = "TOLLGATE_OBSERVE")]
+    observe: bool,
+    /// Bound on proxy_decisions.jsonl (it shares the data dir with the spend ledger); records
+    /// beyond it are counted in the receipt, not written. Suffixes KiB, MiB.
+    #[arg(long, env = "TOLLGATE_EVIDENCE_MAX_BYTES", default_value = "16MiB")]
+    evidence_max_bytes: ByteSize,
+    /// At shutdown the decision log's head is written here if the file exists (kubelet creates
+    /// it), for tollgate-launch to record on the Pod.
+    #[arg(
+        long,
+        env = "TOLLGATE_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    termination_log: PathBuf,
     /// Log format (logs go to stderr; RUST_LOG filters).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -204,6 +261,16 @@ pub fn main() -> ExitCode {
         },
         Some(Command::Run(args)) => crate::run::main(args),
         Some(Command::RunExec(args)) => crate::run::child::main(args),
+        Some(Command::VerifyReceipt { dir }) => evidence::verify_receipt(&dir),
+        Some(Command::Replay {
+            policy,
+            format,
+            decisions,
+        }) => evidence::replay(&policy, &decisions, matches!(format, ReportFormat::Json)),
+        Some(Command::Suggest {
+            collapse_subdomains,
+            decisions,
+        }) => evidence::suggest(&decisions, collapse_subdomains),
         None => run(cli.run),
     }
 }
@@ -258,6 +325,33 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let metrics = Metrics::new();
     let ready = Arc::new(Readiness::default());
+    let recorder = match evidence::dir(args.evidence_dir.as_deref(), &policy.policy) {
+        Some(dir) => {
+            let ports: Vec<SocketAddr> = [
+                &args.listen,
+                &args.capture_listen,
+                &args.dns_listen,
+                &vec![args.usage_listen, args.admin_listen],
+            ]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+            Some(evidence::open(
+                &dir,
+                &policy.policy,
+                &metrics,
+                &ports,
+                args.observe,
+                args.evidence_max_bytes.0 as u64,
+            )?)
+        }
+        None => None,
+    };
+    let _receipt = recorder.clone().map(|recorder| evidence::ReceiptOnExit {
+        recorder,
+        termination_log: args.termination_log.clone(),
+    });
     // A fresh key each start, before any port is bound: a squatter never sees one.
     let probe = match ProbeKey::generate(&args.probe_secret_file) {
         Ok(key) => Some(Arc::new(key)),
@@ -285,7 +379,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let admin_stop = CancellationToken::new();
-    let admin_ports = serve_admin(admin, &metrics, &ready, probe, read_only, &admin_stop);
+    let admin_ports = serve_admin(
+        admin,
+        &metrics,
+        &ready,
+        probe,
+        recorder.clone(),
+        read_only,
+        &admin_stop,
+    );
     let _stop_admin = admin_stop.drop_guard();
 
     let gateway = !policy.policy.intercept.is_empty();
@@ -318,6 +420,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let resolv = crate::dns::ResolvConf::load(&args.dns_resolv_conf);
+    let observe = args.observe;
     let mut server = Server::new(listeners, capture, None, settings(args, read_only), policy);
     server.metrics = metrics;
     server.ready = ready;
@@ -326,6 +429,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     server.gateway = gateway;
     server.dns = dns;
     server.resolv = resolv;
+    server.evidence = recorder;
+    server.observe = observe;
     server.run(shutdown).await?;
     Ok(())
 }
@@ -336,6 +441,7 @@ fn serve_admin(
     metrics: &Metrics,
     ready: &Arc<Readiness>,
     probe: Option<Arc<ProbeKey>>,
+    recorder: Option<Arc<evidence::Recorder>>,
     read_only: ReadOnlyLimits,
     stop: &CancellationToken,
 ) -> Vec<u16> {
@@ -347,6 +453,7 @@ fn serve_admin(
             metrics.clone(),
             ready.clone(),
             probe.clone(),
+            recorder.clone(),
             read_only,
             stop.clone(),
         ));

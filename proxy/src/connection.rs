@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_policy::{Phase, Policy};
 
 use crate::client_hello::{self, ClientHello};
+use crate::evidence::{Recorder, record as evidence};
 use crate::intercept::{Intercepted, Interceptor};
 use crate::metrics::Metrics;
 use crate::orig_dst::OrigDst;
@@ -60,6 +61,10 @@ pub struct Context {
     pub counters: Counters,
     /// The proxy's own listening ports, never a captured connection's destination.
     pub own_ports: Vec<u16>,
+    /// The hash-chained decision log, when a data dir is configured.
+    pub evidence: Option<Arc<Recorder>>,
+    /// Observe mode: the agent phase routes as verification and records the agent decision.
+    pub observe: bool,
 }
 
 impl Context {
@@ -88,6 +93,8 @@ impl Context {
             hello_timeout,
             counters,
             own_ports: Vec::new(),
+            evidence: None,
+            observe: false,
         }
     }
 }
@@ -103,6 +110,13 @@ struct Outcome {
     bytes_down: u64,
     end: &'static str,
     error: Option<String>,
+    /// The route the pure decision gave (before a failed dial downgraded it); `None` when no
+    /// decision was made. Recorded so `tollgate replay` compares like with like.
+    decided: Option<Route>,
+    /// The ECH/ESNI extension the hello carried (a decision input, for replay).
+    encrypted: Option<client_hello::Encrypted>,
+    /// Observe mode: the agent-phase decision that was not applied.
+    observed: Option<Decision>,
 }
 
 impl Outcome {
@@ -141,6 +155,9 @@ impl Outcome {
             bytes_down: transfer.down,
             end: transfer.end,
             error: None,
+            decided: None,
+            encrypted: None,
+            observed: None,
         }
     }
 
@@ -160,6 +177,9 @@ impl Outcome {
             bytes_down: 0,
             end: "closed",
             error: None,
+            decided: None,
+            encrypted: None,
+            observed: None,
         }
     }
 }
@@ -180,13 +200,22 @@ pub async fn handle(
         Listener::Sni => serve(stream, peer, orig_dst, &ctx, &stop).await,
         Listener::Capture => capture(stream, orig_dst, &ctx, &stop).await,
     };
-    record(&ctx.metrics, &outcome, peer, orig_dst, started.elapsed());
+    let evidence = ctx.evidence.as_deref();
+    record(
+        &ctx.metrics,
+        evidence,
+        &outcome,
+        peer,
+        orig_dst,
+        started.elapsed(),
+    );
     ctx.metrics.open_connections.dec();
 }
 
 /// Records a connection turned away at accept (before any byte was read).
 pub fn refuse(
     metrics: &Metrics,
+    evidence: Option<&Recorder>,
     listener: Listener,
     peer: SocketAddr,
     phase: Phase,
@@ -197,7 +226,7 @@ pub fn refuse(
         .with_label_values(&[reason.as_str()])
         .inc();
     let outcome = Outcome::rejected(listener, phase, None, Decision::reject(reason), 0);
-    record(metrics, &outcome, peer, None, Duration::ZERO);
+    record(metrics, evidence, &outcome, peer, None, Duration::ZERO);
 }
 
 async fn serve(
@@ -228,8 +257,14 @@ async fn serve(
     // One snapshot per connection: a reload mid-connection changes nothing for it.
     let policy = ctx.policy.load_full();
     let phase = ctx.phase.get();
-    let decision = route::decide_hello(&hello, orig_dst, phase, &policy);
-    match decision.route {
+    let (decision, observed) = observe(ctx.observe, phase, |p| {
+        route::decide_hello(&hello, orig_dst, p, &policy)
+    });
+    let (decided, encrypted) = (
+        observed.as_ref().unwrap_or(&decision).route,
+        hello.encrypted,
+    );
+    let mut outcome = match decision.route {
         Route::Reject => {
             let error = ech_refusal(&ctx.metrics, &decision, hello.encrypted);
             let sni = Some(hello.sni);
@@ -262,8 +297,29 @@ async fn serve(
                 bytes_down: done.bytes_down,
                 end: "closed",
                 error: None,
+                decided: None,
+                encrypted: None,
+                observed: None,
             }
         }
+    };
+    outcome.decided = Some(decided);
+    outcome.encrypted = encrypted;
+    outcome.observed = observed;
+    outcome
+}
+
+/// Decides in `phase`; in observe mode the agent phase is decided as verification, and the
+/// agent-phase decision is returned beside it, to be recorded, not applied.
+fn observe(
+    on: bool,
+    phase: Phase,
+    decide: impl Fn(Phase) -> Decision,
+) -> (Decision, Option<Decision>) {
+    if on && phase == Phase::Agent {
+        (decide(Phase::Verification), Some(decide(Phase::Agent)))
+    } else {
+        (decide(phase), None)
     }
 }
 
@@ -326,7 +382,26 @@ async fn capture(
 ) -> Outcome {
     let policy = ctx.policy.load_full();
     let phase = ctx.phase.get();
-    let decision = route::decide_capture(orig_dst, phase, &policy, &ctx.own_ports);
+    let (decision, observed) = observe(ctx.observe, phase, |p| {
+        route::decide_capture(orig_dst, p, &policy, &ctx.own_ports)
+    });
+    let decided = observed.as_ref().unwrap_or(&decision).route;
+    let mut outcome = capture_decided(stream, orig_dst, decision, phase, &policy, ctx, stop).await;
+    outcome.decided = Some(decided);
+    outcome.observed = observed;
+    outcome
+}
+
+/// A captured connection once decided: rejected, or passed through to its destination.
+async fn capture_decided(
+    stream: TcpStream,
+    orig_dst: Option<SocketAddr>,
+    decision: Decision,
+    phase: Phase,
+    policy: &Policy,
+    ctx: &Context,
+    stop: &CancellationToken,
+) -> Outcome {
     let dst = match (decision.route, orig_dst) {
         (Route::Tunnel, Some(dst)) => dst,
         _ => {
@@ -360,6 +435,7 @@ async fn capture(
 
 fn record(
     metrics: &Metrics,
+    evidence: Option<&Recorder>,
     o: &Outcome,
     peer: SocketAddr,
     orig_dst: Option<SocketAddr>,
@@ -389,4 +465,42 @@ fn record(
         error = o.error.as_deref().unwrap_or("-"),
         "connection"
     );
+    if let Some(evidence) = evidence {
+        evidence.append(evidence::Record::Connection(Box::new(evidence_line(
+            o, peer, orig_dst, duration,
+        ))));
+    }
+}
+
+/// The connection's line in the hash-chained decision log: its log line's fields plus the
+/// decision's inputs.
+fn evidence_line(
+    o: &Outcome,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    duration: Duration,
+) -> evidence::Connection {
+    let d = &o.decision;
+    evidence::Connection {
+        listener: o.listener.as_str().to_owned(),
+        peer: peer.to_string(),
+        orig_dst,
+        sni: o.sni.clone(),
+        encrypted: o.encrypted.map(|e| e.as_str().to_owned()),
+        phase: o.phase.as_str().to_owned(),
+        decided: o.decided.map(|r| r.as_str().to_owned()),
+        route: d.route.as_str().to_owned(),
+        reason: d.reason.as_str().to_owned(),
+        rule: d.rule.clone(),
+        bytes_up: o.bytes_up,
+        bytes_down: o.bytes_down,
+        duration_ms: duration.as_millis() as u64,
+        end: o.end.to_owned(),
+        error: o.error.clone(),
+        observed: o.observed.as_ref().map(|d| evidence::Observed {
+            route: d.route.as_str().to_owned(),
+            reason: d.reason.as_str().to_owned(),
+            rule: d.rule.clone(),
+        }),
+    }
 }

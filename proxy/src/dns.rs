@@ -144,6 +144,8 @@ pub struct Dns {
     limits: ArcSwap<Limits>,
     log_rate: DefaultDirectRateLimiter,
     log_suppressed: AtomicU64,
+    /// Observe mode: the agent phase answers as verification (see `connection::Context::observe`).
+    pub observe: bool,
 }
 
 /// A query that needs the upstream, with its in-flight permit.
@@ -182,6 +184,7 @@ impl Dns {
             limits: ArcSwap::from_pointee(limits),
             log_rate: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             log_suppressed: AtomicU64::new(0),
+            observe: false,
         }
     }
 
@@ -233,7 +236,13 @@ impl Dns {
                 return Step::Done(decide::encode(&response, transport.limit(None)));
             }
         };
-        let phase = self.phase.get();
+        let mut phase = self.phase.get();
+        if self.observe && phase == Phase::Agent {
+            // Answer as verification would; log what the agent phase would have answered.
+            let agent = decide::decide(&query, phase, &policy, &self.resolv.search);
+            tracing::info!(%peer, name = %truncated_name(query.question.name().to_ascii()), observed = agent.outcome.as_str(), rule = agent.rule.as_deref().unwrap_or("-"), "dns observed");
+            phase = Phase::Verification;
+        }
         let verdict = decide::decide(&query, phase, &policy, &self.resolv.search);
         let qtype = decide::qtype_label(query.qtype());
         match verdict.action {

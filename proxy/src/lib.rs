@@ -38,6 +38,7 @@
 //! - [`dns`]: the Pod's DNS: answers locally or forwards a name only if the policy could route it.
 //! - [`phase`]: the Pod's phase from the downward-API labels file, sentinel file or policy.
 //! - [`reload`]: watches the policy file and swaps in each good version.
+//! - [`evidence`]: the hash-chained decision log, the run receipt and `tollgate replay`.
 //! - [`metrics`]: the one metrics catalog; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: assembles the stages; [`cli`]: the binary's flags, logging and signals;
 //!   [`bind`]: binds the listeners, waiting out a port another process holds; [`probe`]: a
@@ -55,6 +56,7 @@ pub mod client_hello;
 pub mod connection;
 pub mod dns;
 pub mod enforce;
+pub mod evidence;
 pub mod intercept;
 pub mod metrics;
 pub mod orig_dst;

@@ -81,6 +81,13 @@ pub struct Metrics {
     pub dns_queries: IntCounterVec,
     /// Time of one forwarded DNS query's upstream exchange.
     pub dns_upstream_latency: Histogram,
+    /// Records appended to the hash-chained decision log (`evidence`).
+    pub evidence_records: IntCounter,
+    /// Records the decision log could not take, by reason (`io`, `size-limit`); each is also
+    /// counted in the run receipt.
+    pub evidence_write_failures: IntCounterVec,
+    /// 1 when the agent phase runs in observe mode (routes as verification; never the default).
+    pub observe_mode: IntGauge,
 }
 
 impl Metrics {
@@ -184,11 +191,27 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 5.0,
                 ],
             ),
+            evidence_records: IntCounter::new(
+                "tollgate_evidence_records_total",
+                "Records appended to the hash-chained decision log.",
+            )
+            .expect("static metric definition is valid"),
+            evidence_write_failures: counter_vec(
+                "tollgate_evidence_write_failures_total",
+                "Decision records the log could not take, by reason (also counted in the run receipt).",
+                &["reason"],
+            ),
+            observe_mode: IntGauge::new(
+                "tollgate_observe_mode",
+                "1 when the agent phase routes as verification and only records its own decisions.",
+            )
+            .expect("static metric definition is valid"),
             bounds: BoundsMetrics::new(),
             registry,
         };
         m.register_all();
         m.register_dns();
+        m.register_evidence();
         m.bounds
             .register(&m.registry)
             .expect("each series is registered once, with a unique name");
@@ -242,6 +265,19 @@ impl Metrics {
             .with_label_values(&["dns-tcp-limit"]);
         for kind in crate::intercept::record::Kind::ALL {
             self.gateway_requests.with_label_values(&[kind.as_str()]);
+        }
+    }
+
+    /// The evidence series (kept apart from `register_all` so the lists merge easily).
+    fn register_evidence(&self) {
+        for c in [
+            Box::new(self.evidence_records.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.evidence_write_failures.clone()),
+            Box::new(self.observe_mode.clone()),
+        ] {
+            self.registry
+                .register(c)
+                .expect("each series is registered once, with a unique name");
         }
     }
 

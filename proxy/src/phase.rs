@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::{Phase, Policy};
 
+use crate::evidence::Recorder;
 use crate::metrics::Metrics;
 
 /// How often the phase sources are read.
@@ -149,6 +150,7 @@ pub async fn watch(
     state: Arc<State>,
     policy: Arc<ArcSwap<Policy>>,
     metrics: Metrics,
+    evidence: Option<Arc<Recorder>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -173,6 +175,9 @@ pub async fn watch(
                 source = source.as_str(),
                 "phase changed"
             );
+            if let Some(evidence) = &evidence {
+                evidence.phase(Some(previous.as_str()), phase.as_str(), source.as_str());
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tollgate_policy::Policy;
 
+use crate::evidence::Recorder;
 use crate::metrics::Metrics;
 
 /// The backstop poll interval; the watcher normally reacts within milliseconds.
@@ -32,6 +33,7 @@ pub async fn watch(
     loaded: Vec<u8>,
     current: Arc<ArcSwap<Policy>>,
     metrics: Metrics,
+    evidence: Option<Arc<Recorder>>,
     shutdown: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
@@ -55,14 +57,18 @@ pub async fn watch(
         if bytes == last {
             continue;
         }
-        reload(&path, &bytes, &current, &metrics);
+        if reload(&path, &bytes, &current, &metrics)
+            && let Some(evidence) = &evidence
+        {
+            evidence.policy(&bytes, &path.display().to_string());
+        }
         // Remember bad versions too, so one bad file is reported once, not every second.
         last = bytes;
     }
 }
 
-/// Compiles `bytes` and swaps it in, or keeps the current policy and reports why.
-fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metrics) {
+/// Compiles `bytes` and swaps it in (true), or keeps the current policy and reports why.
+fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metrics) -> bool {
     let origin = path.display().to_string();
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| format!("{origin}: policy is not UTF-8: {e}"))
@@ -79,10 +85,12 @@ fn reload(path: &Path, bytes: &[u8], current: &ArcSwap<Policy>, metrics: &Metric
             current.store(Arc::new(policy));
             metrics.policy_reloads.with_label_values(&["ok"]).inc();
             tracing::info!(policy = %origin, %summary, "policy reloaded");
+            true
         }
         Err(error) => {
             metrics.policy_reloads.with_label_values(&["error"]).inc();
             tracing::error!(policy = %origin, %error, "policy reload failed; keeping the last good policy");
+            false
         }
     }
 }

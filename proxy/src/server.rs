@@ -15,6 +15,7 @@ use crate::accept::{self, Limits};
 use crate::admin::{self, ReadOnlyLimits, Readiness};
 use crate::connection::{Context, Listener};
 use crate::dns::{self, Dns, ResolvConf};
+use crate::evidence::Recorder;
 use crate::intercept::gateway::{Capacity, Gateway, Running, StartError};
 use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
@@ -82,6 +83,10 @@ pub struct Server {
     pub dns: Vec<(UdpSocket, TcpListener)>,
     /// The proxy's resolv.conf: default upstream resolvers and search domains.
     pub resolv: ResolvConf,
+    /// The hash-chained decision log (already opened, its start record written), if any.
+    pub evidence: Option<Arc<Recorder>>,
+    /// Observe mode for the agent phase (see `connection::Context::observe`).
+    pub observe: bool,
 }
 
 impl Server {
@@ -109,6 +114,8 @@ impl Server {
             other_own_ports: Vec::new(),
             dns: Vec::new(),
             resolv: ResolvConf::default(),
+            evidence: None,
+            observe: false,
         }
     }
 
@@ -131,11 +138,27 @@ impl Server {
             other_own_ports,
             dns,
             resolv,
+            evidence,
+            observe,
         } = self;
         let sources = settings.phase_sources.clone();
         let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
         phase::export(&metrics, phase_now);
         tracing::info!(phase = phase_now.as_str(), source = source.as_str(), summary = %policy.policy.summary(), "policy loaded");
+        if let Some(evidence) = &evidence {
+            let origin = policy
+                .path
+                .as_ref()
+                .map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
+            evidence.policy(&policy.text, &origin);
+            evidence.phase(None, phase_now.as_str(), source.as_str());
+        }
+        metrics.observe_mode.set(i64::from(observe));
+        if observe {
+            tracing::warn!(
+                "OBSERVE MODE: the agent phase routes as the verification phase would (everything not denied is tunnelled) and only records what the agent-phase policy would have decided; never use it for an untrusted agent"
+            );
+        }
 
         let current = Arc::new(ArcSwap::from_pointee(policy.policy));
         let phase_state = Arc::new(phase::State::new(phase_now));
@@ -145,6 +168,7 @@ impl Server {
             phase_state.clone(),
             current.clone(),
             metrics.clone(),
+            evidence.clone(),
             background.clone(),
         ));
         if let Some(path) = policy.path {
@@ -153,6 +177,7 @@ impl Server {
                 policy.text,
                 current.clone(),
                 metrics.clone(),
+                evidence.clone(),
                 background.clone(),
             ));
         }
@@ -169,7 +194,14 @@ impl Server {
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
         if gateway && !current.load().intercept.is_empty() {
-            let (built, bg) = start_gateway(&current, &metrics, &settings, usage, &background)?;
+            let (built, bg) = start_gateway(
+                &current,
+                &metrics,
+                &settings,
+                usage,
+                evidence.as_ref(),
+                &background,
+            )?;
             interceptor = built;
             running = Some(bg);
         }
@@ -180,17 +212,20 @@ impl Server {
                 metrics.clone(),
                 ready.clone(),
                 None,
+                evidence.clone(),
                 settings.read_only,
                 background.clone(),
             ));
         }
         if !dns.is_empty() {
-            let stage = Arc::new(Dns::new(
+            let mut stage = Dns::new(
                 current.clone(),
                 phase_state.clone(),
                 metrics.clone(),
                 resolv,
-            ));
+            );
+            stage.observe = observe;
+            let stage = Arc::new(stage);
             own_ports.extend(spawn_dns(dns, &stage, &metrics, &shutdown));
         }
         let listeners: Vec<(Listener, TcpListener)> = listeners
@@ -214,6 +249,8 @@ impl Server {
             settings.hello_timeout,
         );
         ctx.own_ports = own_ports;
+        ctx.evidence = evidence;
+        ctx.observe = observe;
         accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
         ready.set(false);
         background.cancel();
@@ -232,10 +269,15 @@ fn start_gateway(
     metrics: &Metrics,
     settings: &Settings,
     usage: Option<TcpListener>,
+    evidence: Option<&Arc<Recorder>>,
     background: &CancellationToken,
 ) -> Result<(Arc<dyn Interceptor>, Running), StartError> {
     let (built, state, running) =
         Gateway::start(policy.clone(), metrics, settings.gateway, background)?;
+    if let Some(evidence) = evidence {
+        // Set once, before any request can arrive.
+        let _ = state.evidence.set(evidence.clone());
+    }
     if let Some(usage_listener) = usage {
         log_listening("usage", &usage_listener);
         tokio::spawn(usage_api::serve(

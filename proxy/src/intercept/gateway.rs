@@ -173,6 +173,7 @@ impl Gateway {
             },
             metrics: metrics.clone(),
             spend_metrics,
+            evidence: std::sync::OnceLock::new(),
         });
         tokio::spawn(pricing::refresh(state.clone(), shutdown.clone()));
         tokio::spawn(workspace::poll(state.clone(), shutdown.clone()));

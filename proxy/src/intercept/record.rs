@@ -64,6 +64,8 @@ pub struct Charge {
     pub remaining: Micros,
     /// Where the cost came from.
     pub source: SettlementSource,
+    /// What was charged beyond the reservation (the budget's overcharge).
+    pub overcharge: Micros,
 }
 
 /// One request's end, as the line and the metrics see it.
@@ -156,4 +158,23 @@ pub fn record(state: &State, req: &RequestInfo, exit: &Exit<'_>) {
         error = exit.error.unwrap_or("-"),
         "request"
     );
+    chain(state, exit);
+}
+
+/// Appends the request to the hash-chained decision log: refusals and metered requests (the
+/// ones a policy decided or that cost money).
+fn chain(state: &State, exit: &Exit<'_>) {
+    let Some(evidence) = state.evidence.get() else {
+        return;
+    };
+    match (exit.kind, &exit.charge) {
+        (Kind::Refused, _) => {
+            evidence.llm(None, exit.status, exit.reason.unwrap_or("-"), 0, 0);
+        }
+        (Kind::Metered, Some(c)) => {
+            let model = Some(exit.model);
+            evidence.llm(model, exit.status, "forwarded", c.charged.0, c.overcharge.0);
+        }
+        _ => {}
+    }
 }

@@ -391,6 +391,7 @@ impl Pending {
                 charged: settled.charged,
                 remaining: settled.remaining,
                 source,
+                overcharge: settled.overcharge,
             }),
             error: error.as_deref(),
             ..Exit::bare(Kind::Metered, status)

@@ -47,6 +47,8 @@ pub struct State {
     pub metrics: Metrics,
     /// The spend stage's series (labels the spend with policy-named models).
     pub spend_metrics: SpendMetrics,
+    /// The hash-chained decision log, set once by the server after start (if any).
+    pub evidence: std::sync::OnceLock<Arc<crate::evidence::Recorder>>,
 }
 
 /// The workspace privacy check's latest successful read (written by `workspace::poll`).
