@@ -293,6 +293,7 @@ impl Config {
             haproxy: HaproxySettings {
                 nbthread: 2,
                 splice: false,
+                maxconn: 4096,
             },
             max_other_load: 0.10,
             noisy_retries: 3,

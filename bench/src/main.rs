@@ -149,6 +149,7 @@ fn config(cli: Cli) -> Result<Config, String> {
     config.haproxy = HaproxySettings {
         nbthread: cli.haproxy_nbthread.max(1),
         splice: cli.haproxy_splice,
+        maxconn: 4096,
     };
     Ok(config)
 }

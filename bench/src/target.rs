@@ -113,6 +113,16 @@ impl Target {
     /// Starts `tollgate` (`bin`) routing `bench.test` to `origin`, as `kind` (one of the tollgate
     /// kinds; [`Kind::TollgateNoLog`] filters out the per-connection log line).
     pub async fn tollgate(bin: &Path, origin: SocketAddr, kind: Kind) -> Result<Target> {
+        Self::tollgate_with_args(bin, origin, kind, &[]).await
+    }
+
+    /// [`Target::tollgate`] with `extra` flags after the benchmark's own.
+    pub async fn tollgate_with_args(
+        bin: &Path,
+        origin: SocketAddr,
+        kind: Kind,
+        extra: &[String],
+    ) -> Result<Target> {
         let log_connections = kind != Kind::TollgateNoLog;
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-")
@@ -147,6 +157,7 @@ impl Target {
         if help_mentions(bin, "--dns-listen") {
             cmd.args(["--dns-listen", "127.0.0.1:0"]);
         }
+        cmd.args(extra);
         // The caller's environment must not reconfigure the proxy behind the benchmark's back.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("TOLLGATE_") || key == "RUST_LOG" {
@@ -227,6 +238,8 @@ pub struct HaproxySettings {
     pub nbthread: u32,
     /// `option splice-auto`: kernel splicing when HAProxy thinks it pays.
     pub splice: bool,
+    /// `maxconn` (4,096; the idle-tunnel benchmark raises it to hold N tunnels).
+    pub maxconn: u32,
 }
 
 /// The HAProxy configuration: an L4 SNI router equivalent to tollgate's tunnel for one host.
@@ -239,7 +252,7 @@ pub fn haproxy_config(listen: SocketAddr, origin: SocketAddr, s: HaproxySettings
     format!(
         "global\n\
         \x20   nbthread {nbthread}\n\
-        \x20   maxconn 4096\n\
+        \x20   maxconn {maxconn}\n\
         defaults\n\
         \x20   mode tcp\n\
         \x20   timeout connect 5s\n\
@@ -254,6 +267,7 @@ pub fn haproxy_config(listen: SocketAddr, origin: SocketAddr, s: HaproxySettings
         backend origin\n\
         \x20   server origin {origin}\n",
         nbthread = s.nbthread,
+        maxconn = s.maxconn,
     )
 }
 

@@ -164,6 +164,10 @@ struct RunArgs {
     /// ClientHello and logged as `intercept-limit`.
     #[arg(long, env = "TOLLGATE_MAX_INTERCEPTED_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     max_intercepted_connections: u32,
+    /// Runtime worker threads; 0 means one per core. On two shared cores, 1 cut the gateway's
+    /// CPU per request by about a quarter but the tunnel's small-request rate too (BENCHMARKS.md).
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     /// Connections open at once on each read-only listener (admin, usage); more are closed at
     /// once and counted.
     #[arg(long, env = "TOLLGATE_READ_ONLY_MAX_CONNECTIONS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -293,10 +297,11 @@ fn check(file: &Path) -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        builder.worker_threads(args.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
             tracing::error!(%error, "cannot start the runtime");

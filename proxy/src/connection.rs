@@ -353,24 +353,25 @@ async fn tunnel(
     ctx: &Context,
     stop: &CancellationToken,
 ) -> Outcome {
-    let rule = policy.host_rule(&hello.sni);
+    // Only the name outlives the dial: the rest of the hello is freed before the tunnel idles.
+    let ClientHello { sni, .. } = hello;
+    let rule = policy.host_rule(&sni);
     let target = Target {
-        host: &hello.sni,
+        host: &sni,
         port: rule.and_then(|r| r.port).unwrap_or(443),
         pin: rule.map_or(&[], |r| r.pin.as_slice()),
         allow_ranges: rule.map_or(&[], |r| r.allow_ranges.as_slice()),
     };
-    let upstream = match tunnel::dial(target, ctx.resolver.as_ref(), policy.tunnel.connect_timeout)
-        .await
-    {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            return Outcome::dial_failed(Listener::Sni, phase, Some(hello.sni), decision, &error);
-        }
-    };
+    let upstream =
+        match tunnel::dial(target, ctx.resolver.as_ref(), policy.tunnel.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                return Outcome::dial_failed(Listener::Sni, phase, Some(sni), decision, &error);
+            }
+        };
     let idle = policy.tunnel.idle_timeout;
-    let transfer = tunnel::splice(stream, upstream, &raw, idle, stop, &ctx.counters).await;
-    Outcome::spliced(Listener::Sni, phase, Some(hello.sni), decision, transfer)
+    let transfer = tunnel::splice(stream, upstream, raw, idle, stop, &ctx.counters).await;
+    Outcome::spliced(Listener::Sni, phase, Some(sni), decision, transfer)
 }
 
 /// A captured connection: decided by its original destination, then passed through to it.
@@ -429,7 +430,7 @@ async fn capture_decided(
         }
     };
     let idle = policy.tunnel.idle_timeout;
-    let transfer = tunnel::splice(stream, upstream, &[], idle, stop, &ctx.counters).await;
+    let transfer = tunnel::splice(stream, upstream, Vec::new(), idle, stop, &ctx.counters).await;
     Outcome::spliced(Listener::Capture, phase, None, decision, transfer)
 }
 

@@ -5,23 +5,33 @@
 
 pub mod address;
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-/// Copy buffer for a fresh tunnel direction, and the size bulk transfers grow it to.
-const SMALL_BUF: usize = 16 * 1024;
-const LARGE_BUF: usize = 64 * 1024;
+/// The most one read takes from a socket.
+const CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// One copy buffer per runtime thread, shared by every tunnel on it. A direction reads into
+    /// it and writes straight on within one poll, so the buffer is never held across an await
+    /// and an idle tunnel holds no buffer at all (issue 13: idle tunnels held two 16 KiB
+    /// buffers each). Only what a full socket does not take is copied out, and freed once sent.
+    static CHUNK_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
 
 /// A boxed, sendable future, for the resolver trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -183,10 +193,11 @@ pub struct Counters {
 /// Copies both ways after replaying `replay` upstream, with half-close: EOF from one side shuts
 /// down writing to the other, and the tunnel ends when both directions are done. Ends early on
 /// an I/O error, when neither side has sent anything for `idle`, or when `stop` fires.
+/// `replay` is freed once sent.
 pub async fn splice(
     mut client: TcpStream,
     mut upstream: TcpStream,
-    replay: &[u8],
+    replay: Vec<u8>,
     idle: Duration,
     stop: &CancellationToken,
     counters: &Counters,
@@ -200,9 +211,10 @@ pub async fn splice(
 
     let end = {
         let replay_then_copy = async {
-            up_w.write_all(replay).await?;
+            up_w.write_all(&replay).await?;
             up.fetch_add(replay.len() as u64, Ordering::Relaxed);
             counters.up.inc_by(replay.len() as u64);
+            drop(replay);
             copy_half(
                 &mut client_r,
                 &mut up_w,
@@ -245,37 +257,67 @@ pub async fn splice(
     }
 }
 
-async fn copy_half<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+/// What one readiness of a reader came to.
+enum Step {
+    /// The peer closed its side.
+    Eof,
+    /// This many bytes were read and all written on.
+    Sent(usize),
+    /// This many bytes were read; the writer took only part, the rest is still to write.
+    Partial(usize, Vec<u8>),
+}
+
+async fn copy_half(
+    reader: &mut ReadHalf<'_>,
+    writer: &mut WriteHalf<'_>,
     total: &AtomicU64,
     metric: &IntCounter,
     activity: &AtomicU64,
     start: Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    // Start at one TLS record's worth and grow only for bulk transfers (a read that fills the
-    // buffer); `read_buf` fills spare capacity, so no zeroing on connections that stay small.
-    let mut buf: Vec<u8> = Vec::with_capacity(SMALL_BUF);
+) -> io::Result<()> {
     loop {
-        buf.clear();
-        let n = reader.read_buf(&mut buf).await?;
-        if n == 0 {
-            // Half-close: pass the EOF on, keep the other direction running.
-            writer.shutdown().await?;
-            return Ok(());
-        }
-        writer.write_all(&buf[..n]).await?;
+        let n = match poll_fn(|cx| forward_ready(cx, reader, writer)).await? {
+            Step::Eof => {
+                // Half-close: pass the EOF on, keep the other direction running.
+                writer.shutdown().await?;
+                return Ok(());
+            }
+            Step::Sent(n) => n,
+            Step::Partial(n, rest) => {
+                writer.write_all(&rest).await?;
+                n
+            }
+        };
         total.fetch_add(n as u64, Ordering::Relaxed);
         metric.inc_by(n as u64);
         activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if n == buf.capacity() && buf.capacity() < LARGE_BUF {
-            buf.reserve_exact(LARGE_BUF - buf.len());
-        }
     }
+}
+
+/// Reads what `reader` has into the thread's buffer and writes as much of it as `writer` takes
+/// without waiting, all within one poll.
+fn forward_ready(
+    cx: &mut Context<'_>,
+    reader: &mut ReadHalf<'_>,
+    writer: &WriteHalf<'_>,
+) -> Poll<io::Result<Step>> {
+    CHUNK_BUF.with_borrow_mut(|buf| {
+        let mut read = ReadBuf::new(buf.as_mut_slice());
+        ready!(Pin::new(reader).poll_read(cx, &mut read))?;
+        let data = read.filled();
+        if data.is_empty() {
+            return Poll::Ready(Ok(Step::Eof));
+        }
+        let written = match writer.try_write(data) {
+            Ok(written) => written,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        Poll::Ready(Ok(match data.get(written..) {
+            Some(rest) if !rest.is_empty() => Step::Partial(data.len(), rest.to_vec()),
+            _ => Step::Sent(data.len()),
+        }))
+    })
 }
 
 #[cfg(test)]

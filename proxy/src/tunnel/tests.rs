@@ -155,3 +155,62 @@ async fn a_resolver_that_never_answers_is_a_connect_timeout() {
         .unwrap_err();
     assert_eq!(err.reason().as_str(), "connect-timeout");
 }
+
+/// A connected loopback pair: (the proxy's end, the peer's end).
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = TcpStream::connect(listener.local_addr().unwrap());
+    let (peer, accepted) = tokio::join!(peer, listener.accept());
+    (accepted.unwrap().0, peer.unwrap())
+}
+
+#[tokio::test]
+async fn splice_carries_bulk_to_a_slow_reader_in_order_then_half_closes() {
+    use tokio::io::AsyncReadExt;
+    // Far more than loopback socket buffers hold while the agent is not reading: the copy must
+    // keep what the agent's socket refuses and send it later, in order.
+    const BULK: usize = 12 << 20;
+    let pattern: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+    let (client, mut agent) = pair().await;
+    let (upstream, mut host) = pair().await;
+    let counters = Counters {
+        up: IntCounter::new("up", "up").unwrap(),
+        down: IntCounter::new("down", "down").unwrap(),
+    };
+    let proxy = tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        let idle = Duration::from_secs(60);
+        splice(client, upstream, b"hello".to_vec(), idle, &stop, &counters).await
+    });
+    let sent = pattern.clone();
+    let host_side = tokio::spawn(async move {
+        let mut replay = [0u8; 5];
+        host.read_exact(&mut replay).await.unwrap();
+        host.write_all(&sent).await.unwrap();
+        host.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        host.read_to_end(&mut rest).await.unwrap();
+        (replay, rest)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    agent.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == pattern,
+        "the agent got {} bytes, not the host's",
+        got.len()
+    );
+    agent.write_all(b"bye").await.unwrap();
+    agent.shutdown().await.unwrap();
+    let (replay, rest) = host_side.await.unwrap();
+    assert_eq!((&replay, rest.as_slice()), (b"hello", &b"bye"[..]));
+    let transfer = proxy.await.unwrap();
+    assert_eq!(
+        transfer,
+        Transfer {
+            up: 8,
+            down: BULK as u64,
+            end: "closed"
+        }
+    );
+}
