@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::cli::{Args, BackendChoice, Switch, Switch3};
 use crate::error::Error;
-use crate::rules::Family;
+use crate::family::Family;
 
 /// The RFC 1918 ranges, and their IPv6 counterpart (ULA), for `--exclude-rfc1918`.
 pub const RFC1918: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];

@@ -3,8 +3,8 @@
 //! The codes are part of the interface (the README's table; an operator reads them from
 //! `kubectl describe pod`): never renumber one, only add.
 
-use crate::rules::Family;
-use crate::verify::Check;
+use crate::check::Check;
+use crate::family::Family;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;

@@ -17,6 +17,8 @@
 //! - [`verify`]: the self-test: probe children as other UIDs against token listeners.
 //! - [`host`]: capabilities, IPv6 presence, listener owners, from `/proc`.
 //! - [`commands`]: the subcommands wiring the stages; [`error`]: failures and exit codes.
+//! - Leaf modules the stages share (they import no other module): [`family`] (IPv4 or IPv6) and
+//!   [`check`] (the self-test's checks and exit-code offsets).
 
 #![forbid(unsafe_code)]
 
@@ -29,10 +31,12 @@ macro_rules! say {
 }
 
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod family;
 pub mod host;
 pub mod restore;
 pub mod rules;

@@ -23,9 +23,8 @@
 //! Allowed traffic RETURNs to OUTPUT rather than ACCEPTing, so tollgate only ever removes
 //! reachability: rules other tools put after the jump still apply.
 
-use std::fmt;
-
 use crate::config::Config;
+use crate::family::Family;
 
 /// The prefix of every chain tollgate owns; anything else is never touched.
 pub const CHAIN_PREFIX: &str = "TOLLGATE_";
@@ -39,42 +38,6 @@ pub const FENCE_CHAIN: &str = "TOLLGATE_FENCE";
 pub const TABLES: [&str; 2] = ["nat", "filter"];
 /// The built-in chain the jumps are inserted into (first position).
 pub const HOOK_CHAIN: &str = "OUTPUT";
-
-/// IPv4 or IPv6: one `iptables-restore` transaction each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// `iptables`.
-    V4,
-    /// `ip6tables`.
-    V6,
-}
-
-impl Family {
-    /// The loopback range, exempt from capture and fence.
-    pub fn loopback(self) -> &'static str {
-        match self {
-            Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1/128",
-        }
-    }
-
-    /// The command prefix of this family's tools.
-    pub fn tool_prefix(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
 
 /// One of tollgate's chains and its rules, each a rule spec without the `-A <chain>` prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
