@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fake_openrouter::FakeOpenRouter;
 use crate::llm_client::{CurlPost, LlmClient};
-use crate::proxy::{Proxy, ProxyBuilder, parse_http_response, supports_flag};
+use crate::proxy::{Proxy, ProxyBuilder, supports_flag};
 
 /// The intercepted host.
 pub const HOST: &str = "openrouter.ai";
@@ -387,18 +386,10 @@ impl RunningGateway {
         let addr = self
             .usage_addr
             .context("the proxy logged no `listening` line for listener=usage")?;
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(req.as_bytes()).await?;
-            stream.read_to_end(&mut raw).await
-        })
-        .await
-        .context("usage port timed out")??;
-        parse_http_response(&raw)
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        crate::scrape::http_request(stream, addr, method, path)
+            .await
+            .context("usage port")
     }
 
     /// The sum of metric `name` over series matching `labels` (an error when none matches).

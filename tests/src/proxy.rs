@@ -11,11 +11,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 pub use crate::scrape::{metric_value, parse_http_response};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the proxy may take to log its `listening` lines.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -610,7 +609,7 @@ impl Proxy {
     /// `method path` (no body) on the admin listener: (status, body).
     pub async fn admin_request(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let addr = self.admin_addr();
-        let mut stream = match &self.netns {
+        let stream = match &self.netns {
             Some(ns) => {
                 let s = crate::netns::connect_tcp_in(ns, addr)?;
                 s.set_nonblocking(true)?;
@@ -618,17 +617,17 @@ impl Proxy {
             }
             None => tokio::net::TcpStream::connect(addr).await?,
         };
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(req.as_bytes()).await?;
-            stream.read_to_end(&mut raw).await
+        crate::scrape::http_request(stream, addr, method, path)
+            .await
+            .context("admin port")
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        crate::eventually(timeout, "/readyz 200", || async {
+            matches!(self.admin_get("/readyz").await, Ok((200, _))).then_some(())
         })
         .await
-        .map_err(|_| anyhow!("admin {method} {path} timed out"))??;
-        parse_http_response(&raw).with_context(|| format!("admin {method} {path}"))
     }
 
     /// The `/metrics` text.
