@@ -111,11 +111,7 @@ async fn read_only_connection_cap_closes_the_excess_and_recovers() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
     drop(held);
-    eventually(SETTLE, "/readyz to answer again", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap();
+    proxy.wait_ready(SETTLE).await.unwrap();
     let refused = [("listener", "admin"), ("reason", "connection-limit")];
     assert!(proxy.metric(CLOSED, &refused).await.unwrap() >= 1.0);
 }
@@ -324,11 +320,10 @@ async fn a_squatted_sni_port_keeps_tollgate_up_and_not_ready_until_it_is_freed()
     drop(squatter);
     proxy.wait_listening(1).await.unwrap();
     assert_eq!(proxy.sni_addr(), sni);
-    eventually(SETTLE, "/readyz 200 once the port is bound", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
+    proxy
+        .wait_ready(SETTLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
     lb.assert_tunnels(&proxy, "allowed.test").await.unwrap();
     assert_eq!(
         proxy
@@ -385,11 +380,7 @@ async fn a_squatted_admin_port_is_waited_for_and_then_served() {
     drop(squatter);
     proxy.wait_listening(1).await.unwrap();
     assert_eq!(proxy.admin_addr(), admin);
-    eventually(SETTLE, "/readyz 200 from tollgate", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap();
+    proxy.wait_ready(SETTLE).await.unwrap();
     assert!(
         proxy
             .metrics()

@@ -11,6 +11,7 @@ use tollgate_tests::fake_openrouter::{
     MANAGEMENT_KEY, MODELS, WorkspaceScript, model_entry,
 };
 use tollgate_tests::llm_client::{AGENT_KEY, CurlPost, LlmClient};
+use tollgate_tests::sse_data;
 
 fn client(fake: &FakeOpenRouter) -> LlmClient {
     LlmClient::new(fake.addr(), "openrouter.ai", fake.ca().pem().as_bytes()).unwrap()
@@ -22,12 +23,6 @@ fn chat_body(stream: bool) -> Value {
 }
 
 /// `data:` payloads of an SSE text, in order.
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
-}
 
 #[tokio::test]
 async fn chat_json_has_openrouter_shape_and_is_recorded() {
