@@ -47,10 +47,10 @@ pub mod report;
 pub mod sse;
 pub mod usage;
 
-pub use estimate::{EstimateConfig, EstimateError, OutputField, Quote, RequestShape};
+pub use estimate::{EstimateConfig, EstimateError};
 pub use ledger::{
     BudgetExceeded, Ledger, LedgerConfig, RequestMeta, Reservation, ReserveError, Settlement,
     SettlementSource,
 };
-pub use money::{Micros, UnitPrice};
-pub use price::{ModelPrice, PriceError, PriceTable};
+pub use money::Micros;
+pub use price::{ModelPrice, PriceTable};

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::fake_openrouter::FakeOpenRouter;
 use crate::llm_client::{CurlPost, LlmClient};
-use crate::proxy::{Proxy, ProxyBuilder, supports_flag};
+use crate::proxy::{Proxy, ProxyBuilder};
 
 /// The intercepted host.
 pub const HOST: &str = "openrouter.ai";
@@ -225,13 +225,12 @@ impl Gateway {
     /// The proxy builder `start_with` uses, for tests that add flags.
     pub fn builder(&self, spec: &GatewaySpec, envs: &[(&str, &str)]) -> Result<ProxyBuilder> {
         crate::policy::write_atomic(&self.policy_path(), spec.to_toml().as_bytes())?;
-        let mut b = Proxy::builder().policy(self.policy_path());
-        if supports_flag("--usage-listen") {
-            b = b.arg("--usage-listen").arg("127.0.0.1:0");
-        }
-        if supports_flag("--certs-dir") {
-            b = b.arg("--certs-dir").arg(self.certs_dir());
-        }
+        let mut b = Proxy::builder()
+            .policy(self.policy_path())
+            .arg("--usage-listen")
+            .arg("127.0.0.1:0")
+            .arg("--certs-dir")
+            .arg(self.certs_dir());
         for name in REFERENCE_ENV {
             if !envs.iter().any(|(k, _)| *k == name) {
                 let value = if name == "PROXY_DATA_DIR" {

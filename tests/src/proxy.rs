@@ -89,20 +89,6 @@ fn warn_if_stale(bin: &Path) {
     }
 }
 
-/// True when `tollgate --help` mentions `flag` (so the tests can follow a binary whose command
-/// line grows, e.g. `--capture-listen`, and still pin every listener to an ephemeral port).
-pub fn supports_flag(flag: &str) -> bool {
-    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HELP.get_or_init(|| {
-        Command::new(tollgate_bin())
-            .arg("--help")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    })
-    .contains(flag)
-}
-
 /// Options for starting the proxy; defaults suit a loopback test.
 pub struct ProxyBuilder {
     listen: Vec<String>,
@@ -265,7 +251,7 @@ impl ProxyBuilder {
             cmd.arg("--listen").arg(l);
         }
         cmd.arg("--admin-listen").arg(&self.admin_listen);
-        let capture = if self.capture_listen.is_empty() && supports_flag("--capture-listen") {
+        let capture = if self.capture_listen.is_empty() {
             vec!["127.0.0.1:0".to_string()]
         } else {
             self.capture_listen
@@ -273,7 +259,7 @@ impl ProxyBuilder {
         for l in &capture {
             cmd.arg("--capture-listen").arg(l);
         }
-        let dns = if self.dns_listen.is_empty() && supports_flag("--dns-listen") {
+        let dns = if self.dns_listen.is_empty() {
             vec!["127.0.0.1:0".to_string()]
         } else {
             self.dns_listen
@@ -290,13 +276,13 @@ impl ProxyBuilder {
         // The gateway (for policies that intercept) has its own fixed-port listener and state
         // directories: give each proxy its own, unless the test chose them.
         let chose = |flag: &str| self.extra.iter().any(|a| a.to_string_lossy() == flag);
-        if !chose("--usage-listen") && supports_flag("--usage-listen") {
+        if !chose("--usage-listen") {
             cmd.arg("--usage-listen").arg("127.0.0.1:0");
         }
-        if !chose("--certs-dir") && supports_flag("--certs-dir") {
+        if !chose("--certs-dir") {
             cmd.arg("--certs-dir").arg(dir.path().join("certs"));
         }
-        if !chose("--probe-secret-file") && supports_flag("--probe-secret-file") {
+        if !chose("--probe-secret-file") {
             cmd.arg("--probe-secret-file")
                 .arg(dir.path().join("probe-key"));
         }

@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
-use tollgate_policy::{Endpoint, GatewaySettings};
+use tollgate_policy::GatewaySettings;
 
 use super::body_budget::{BudgetError, Held, ReadError};
 use super::gateway::State;
@@ -276,9 +276,4 @@ fn internal(error: impl std::fmt::Display) -> Refusal {
         "internal",
         format!("tollgate: {error}"),
     )
-}
-
-/// The endpoint label the reference wrote in its inference log.
-pub fn endpoint_label(endpoint: Endpoint) -> &'static str {
-    endpoint.name()
 }

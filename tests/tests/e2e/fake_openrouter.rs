@@ -22,8 +22,6 @@ fn chat_body(stream: bool) -> Value {
            "stream": stream, "max_tokens": 50})
 }
 
-/// `data:` payloads of an SSE text, in order.
-
 #[tokio::test]
 async fn chat_json_has_openrouter_shape_and_is_recorded() {
     let fake = FakeOpenRouter::start().await.unwrap();

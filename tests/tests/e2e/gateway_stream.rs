@@ -13,8 +13,6 @@ use tollgate_tests::gateway::{Gateway, MODEL, SETTLE, chat, chat_stream};
 use tollgate_tests::llm_client::{AGENT_KEY, TIMED_OUT};
 use tollgate_tests::sse_data;
 
-/// `data:` payloads of an SSE text, in order.
-
 fn generation_id(ex: &tollgate_tests::llm_client::Exchange) -> String {
     ex.response
         .headers()
