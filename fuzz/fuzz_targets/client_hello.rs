@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::client_hello::{ClientHello, MAX_HELLO_BYTES, Progress, Reassembler};
+use tollgate::fuzz::{ClientHello, MAX_HELLO_BYTES, Progress, Reassembler};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&n, rest)) = data.split_first() else {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use hickory_proto::op::ResponseCode;
 use libfuzzer_sys::fuzz_target;
-use tollgate::dns::decide::{self, Action, Rejected};
+use tollgate::fuzz::decide::{self, Action, Rejected};
 use tollgate_policy::{Phase, Policy};
 
 const POLICY: &str = r#"version = 1

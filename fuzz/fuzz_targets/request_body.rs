@@ -15,7 +15,7 @@ static SETTINGS: LazyLock<GatewaySettings> = LazyLock::new(|| {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let settings = &*SETTINGS;
     for endpoint in [Endpoint::Chat, Endpoint::Embeddings] {
-        let Ok(admitted) = tollgate::enforce::admit_body(endpoint, data, settings) else { continue };
+        let Ok(admitted) = tollgate::fuzz::admit_body(endpoint, data, settings) else { continue };
         for model in &admitted.models {
             assert!(settings.models.check(model).is_ok(), "admitted a denied model {model:?}");
         }

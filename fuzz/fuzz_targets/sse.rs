@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    tollgate::spend::sse::fuzz_chunked(data);
+    tollgate::fuzz::fuzz_chunked(data);
 });

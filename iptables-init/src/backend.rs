@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 
 use crate::cli::BackendChoice;
 use crate::error::Error;
+use crate::family::Family;
 use crate::restore::Live;
-use crate::rules::Family;
 
 /// Which kernel interface the iptables tools drive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,9 +4,10 @@ use crate::backend::{self, Backend, Tools};
 use crate::cli::BackendChoice;
 use crate::config::Config;
 use crate::error::Error;
+use crate::family::Family;
 use crate::host::{self, Privileges};
 use crate::restore::{Live, render_install, render_uninstall};
-use crate::rules::{Family, plan};
+use crate::rules::plan;
 use crate::verify;
 
 /// `install`: choose the backend, apply each family in one transaction, self-test.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::error::Error;
-use crate::rules::Family;
+use crate::family::Family;
 
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;

@@ -43,18 +43,9 @@ pub enum Bound<T = TcpListener> {
     Stopped,
 }
 
-/// Binds `addr`, retrying for as long as another socket holds it (until `shutdown`); any other
-/// error is returned at once. `listener` names it in logs and in `tollgate_listener_bound`.
-pub async fn bind_retrying(
-    addr: SocketAddr,
-    listener: &'static str,
-    metrics: &Metrics,
-    shutdown: &CancellationToken,
-) -> std::io::Result<Bound> {
-    bind_retrying_with(addr, listener, metrics, shutdown, bind).await
-}
-
-/// [`bind_retrying`] with another binder (the DNS listener binds UDP and TCP together).
+/// Binds `addr` with `bind`, retrying for as long as another socket holds it (until `shutdown`);
+/// any other error is returned at once. `listener` names it in logs and in
+/// `tollgate_listener_bound`. (`bind` is a parameter: the DNS listener binds UDP and TCP together.)
 pub async fn bind_retrying_with<T>(
     addr: SocketAddr,
     listener: &'static str,

@@ -197,7 +197,7 @@ pub async fn handle(
     let _ = stream.set_nodelay(true);
     let orig_dst = ctx.orig_dst.original_dst(&stream);
     let outcome = match listener {
-        Listener::Sni => serve(stream, peer, orig_dst, &ctx, &stop).await,
+        Listener::Sni => serve(stream, orig_dst, &ctx, &stop).await,
         Listener::Capture => capture(stream, orig_dst, &ctx, &stop).await,
     };
     let evidence = ctx.evidence.as_deref();
@@ -231,7 +231,6 @@ pub fn refuse(
 
 async fn serve(
     mut stream: TcpStream,
-    peer: SocketAddr,
     orig_dst: Option<SocketAddr>,
     ctx: &Context,
     stop: &CancellationToken,
@@ -280,9 +279,6 @@ async fn serve(
                 stream,
                 replay: raw,
                 hello,
-                peer,
-                orig_dst,
-                rule: decision.rule_label().to_owned(),
             };
             let done = ctx.interceptor.handle(conn, stop.clone()).await;
             Outcome {

@@ -16,8 +16,6 @@ pub mod state;
 pub mod usage_api;
 pub mod workspace;
 
-use std::net::SocketAddr;
-
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -33,12 +31,6 @@ pub struct Intercepted {
     pub replay: Vec<u8>,
     /// The parsed ClientHello.
     pub hello: ClientHello,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The pre-redirect destination, when there was one.
-    pub orig_dst: Option<SocketAddr>,
-    /// The policy pattern that selected interception.
-    pub rule: String,
 }
 
 /// How an intercepted connection ended.

@@ -48,27 +48,47 @@
 
 #![forbid(unsafe_code)]
 
-pub mod accept;
-pub mod admin;
-pub mod bind;
-pub mod cli;
-pub mod client_hello;
-pub mod connection;
-pub mod dns;
-pub mod enforce;
-pub mod evidence;
-pub mod intercept;
-pub mod metrics;
-pub mod orig_dst;
-pub mod phase;
-pub mod probe;
-pub mod reload;
-pub mod route;
-pub mod run;
-pub mod server;
-pub mod spend;
-pub mod tunnel;
-pub mod upstream;
+pub(crate) mod accept;
+pub(crate) mod admin;
+pub(crate) mod bind;
+pub(crate) mod cli;
+pub(crate) mod client_hello;
+pub(crate) mod connection;
+pub(crate) mod dns;
+pub(crate) mod enforce;
+pub(crate) mod evidence;
+pub(crate) mod intercept;
+pub(crate) mod metrics;
+pub(crate) mod orig_dst;
+pub(crate) mod phase;
+pub(crate) mod probe;
+pub(crate) mod reload;
+pub(crate) mod route;
+pub(crate) mod run;
+pub(crate) mod server;
+pub(crate) mod spend;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;
+
+// The public facade: everything else is crate-private, so the compiler reports what nothing uses.
+// It is what the binary, the tests, the benchmarks and the fuzz targets need, and no more.
+
+/// The binary's whole `main` (`src/main.rs` only calls it): flags, logging, signals, the server.
+pub use cli::main;
+/// The connection and refusal reasons, read by the test that keeps README.md's reason tables in
+/// step with them.
+pub use enforce::Reason as RefusalReason;
+/// The metrics catalog, read by the test that keeps README.md's metrics table in step with it.
+pub use metrics::{Metrics, SpendMetrics};
+pub use route::Reason as ConnectionReason;
+
+/// The pure parsers of untrusted bytes, for the fuzz targets (`fuzz/fuzz_targets/*.rs`).
+pub mod fuzz {
+    pub use crate::client_hello::{ClientHello, MAX_HELLO_BYTES, Progress, Reassembler};
+    pub use crate::dns::decide;
+    pub use crate::enforce::admit_body;
+    pub use crate::spend::sse::fuzz_chunked;
+}
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,4 +1,4 @@
-//! The `tollgate` binary: everything lives in the library; see `tollgate::cli`.
+//! The `tollgate` binary: everything lives in the library; see `tollgate::main` (in `cli.rs`).
 fn main() -> std::process::ExitCode {
-    tollgate::cli::main()
+    tollgate::main()
 }

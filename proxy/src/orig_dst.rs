@@ -43,13 +43,3 @@ impl OrigDst for Netfilter {
         (orig != local).then_some(orig)
     }
 }
-
-/// A fixed answer, for tests and for listeners that are never behind a redirect.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Fixed(pub Option<SocketAddr>);
-
-impl OrigDst for Fixed {
-    fn original_dst(&self, _stream: &TcpStream) -> Option<SocketAddr> {
-        self.0
-    }
-}

@@ -49,10 +49,10 @@ pub mod source;
 pub mod sse;
 pub mod usage;
 
-pub use estimate::{EstimateConfig, EstimateError, OutputField, Quote, RequestShape};
+pub use estimate::{EstimateConfig, EstimateError};
 pub use ledger::{
     BudgetExceeded, Ledger, LedgerConfig, RequestMeta, Reservation, ReserveError, Settlement,
 };
-pub use money::{Micros, UnitPrice};
-pub use price::{ModelPrice, PriceError, PriceTable};
+pub use money::Micros;
+pub use price::{ModelPrice, PriceTable};
 pub use source::SettlementSource;

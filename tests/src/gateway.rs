@@ -9,11 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fake_openrouter::FakeOpenRouter;
 use crate::llm_client::{CurlPost, LlmClient};
-use crate::proxy::{Proxy, ProxyBuilder, parse_http_response, supports_flag};
+use crate::proxy::{Proxy, ProxyBuilder};
 
 /// The intercepted host.
 pub const HOST: &str = "openrouter.ai";
@@ -226,13 +225,12 @@ impl Gateway {
     /// The proxy builder `start_with` uses, for tests that add flags.
     pub fn builder(&self, spec: &GatewaySpec, envs: &[(&str, &str)]) -> Result<ProxyBuilder> {
         crate::policy::write_atomic(&self.policy_path(), spec.to_toml().as_bytes())?;
-        let mut b = Proxy::builder().policy(self.policy_path());
-        if supports_flag("--usage-listen") {
-            b = b.arg("--usage-listen").arg("127.0.0.1:0");
-        }
-        if supports_flag("--certs-dir") {
-            b = b.arg("--certs-dir").arg(self.certs_dir());
-        }
+        let mut b = Proxy::builder()
+            .policy(self.policy_path())
+            .arg("--usage-listen")
+            .arg("127.0.0.1:0")
+            .arg("--certs-dir")
+            .arg(self.certs_dir());
         for name in REFERENCE_ENV {
             if !envs.iter().any(|(k, _)| *k == name) {
                 let value = if name == "PROXY_DATA_DIR" {
@@ -387,18 +385,10 @@ impl RunningGateway {
         let addr = self
             .usage_addr
             .context("the proxy logged no `listening` line for listener=usage")?;
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(req.as_bytes()).await?;
-            stream.read_to_end(&mut raw).await
-        })
-        .await
-        .context("usage port timed out")??;
-        parse_http_response(&raw)
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        crate::scrape::http_request(stream, addr, method, path)
+            .await
+            .context("usage port")
     }
 
     /// The sum of metric `name` over series matching `labels` (an error when none matches).

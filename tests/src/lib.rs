@@ -49,6 +49,19 @@ use std::time::{Duration, Instant};
 
 pub use netns::require_root;
 
+/// `a == b` up to float noise (metric values and USD amounts read back from text).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// The `data:` payloads of a Server-Sent Events text, in order (comments and blank lines dropped).
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim_start_matches('\n').strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Polls `probe` every 25 ms until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
 where

@@ -34,14 +34,18 @@ pub const WORLD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 static REAPED: std::sync::Once = std::sync::Once::new();
 
-/// True when we are root and `ip netns` works. Otherwise: with `TOLLGATE_REQUIRE_ROOT_TESTS=1`
-/// panics with the reason (so CI cannot skip silently), else prints `SKIPPED` and returns false.
+/// True when we are root, `ip netns` works and iptables is installed: the one skip rule of every
+/// namespace test in the workspace (`tollgate-init`'s tests use this harness too). Otherwise:
+/// with `TOLLGATE_REQUIRE_ROOT_TESTS=1` panics with the reason (so CI cannot skip silently), else
+/// prints `SKIPPED` and returns false.
 pub fn require_root() -> bool {
     let reason = if !nix::unistd::geteuid().is_root() {
         Some("not running as root".to_string())
     } else {
         match Command::new("ip").args(["netns", "list"]).output() {
-            Ok(o) if o.status.success() => None,
+            Ok(o) if o.status.success() => (which("iptables-nft-restore").is_none()
+                && which("iptables-restore").is_none())
+            .then(|| "iptables is not installed (apt-get install iptables)".to_string()),
             Ok(o) => Some(format!(
                 "`ip netns list` failed: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
@@ -58,11 +62,19 @@ pub fn require_root() -> bool {
             // Straight to stderr: the test harness captures eprintln!, and a skip must be seen.
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
-                format!("SKIPPED (needs root): {why}\n").as_bytes(),
+                format!("SKIPPED (needs root, iproute2 and iptables): {why}\n").as_bytes(),
             );
             false
         }
     }
+}
+
+/// `name`'s path on `$PATH`, if it is there.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// A network namespace owned by one test.
@@ -264,9 +276,9 @@ pub fn connect_tcp_in(ns: &str, addr: SocketAddr) -> Result<TcpStream> {
     })
 }
 
-/// Runs `f` on a fresh thread that first joins the namespace at `path`; only that thread moves,
-/// and sockets it creates stay in the namespace after it ends.
-fn in_netns<T: Send + 'static>(
+/// Runs `f` on a fresh thread that first joins the namespace at `path` (see [`Netns::path`]);
+/// only that thread moves, and sockets it creates stay in the namespace after it ends.
+pub fn in_netns<T: Send + 'static>(
     path: PathBuf,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {

@@ -11,11 +11,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 
 pub use crate::scrape::{metric_value, parse_http_response};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the proxy may take to log its `listening` lines.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,20 +87,6 @@ fn warn_if_stale(bin: &Path) {
             path.display()
         );
     }
-}
-
-/// True when `tollgate --help` mentions `flag` (so the tests can follow a binary whose command
-/// line grows, e.g. `--capture-listen`, and still pin every listener to an ephemeral port).
-pub fn supports_flag(flag: &str) -> bool {
-    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HELP.get_or_init(|| {
-        Command::new(tollgate_bin())
-            .arg("--help")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    })
-    .contains(flag)
 }
 
 /// Options for starting the proxy; defaults suit a loopback test.
@@ -266,7 +251,7 @@ impl ProxyBuilder {
             cmd.arg("--listen").arg(l);
         }
         cmd.arg("--admin-listen").arg(&self.admin_listen);
-        let capture = if self.capture_listen.is_empty() && supports_flag("--capture-listen") {
+        let capture = if self.capture_listen.is_empty() {
             vec!["127.0.0.1:0".to_string()]
         } else {
             self.capture_listen
@@ -274,7 +259,7 @@ impl ProxyBuilder {
         for l in &capture {
             cmd.arg("--capture-listen").arg(l);
         }
-        let dns = if self.dns_listen.is_empty() && supports_flag("--dns-listen") {
+        let dns = if self.dns_listen.is_empty() {
             vec!["127.0.0.1:0".to_string()]
         } else {
             self.dns_listen
@@ -291,13 +276,13 @@ impl ProxyBuilder {
         // The gateway (for policies that intercept) has its own fixed-port listener and state
         // directories: give each proxy its own, unless the test chose them.
         let chose = |flag: &str| self.extra.iter().any(|a| a.to_string_lossy() == flag);
-        if !chose("--usage-listen") && supports_flag("--usage-listen") {
+        if !chose("--usage-listen") {
             cmd.arg("--usage-listen").arg("127.0.0.1:0");
         }
-        if !chose("--certs-dir") && supports_flag("--certs-dir") {
+        if !chose("--certs-dir") {
             cmd.arg("--certs-dir").arg(dir.path().join("certs"));
         }
-        if !chose("--probe-secret-file") && supports_flag("--probe-secret-file") {
+        if !chose("--probe-secret-file") {
             cmd.arg("--probe-secret-file")
                 .arg(dir.path().join("probe-key"));
         }
@@ -610,7 +595,7 @@ impl Proxy {
     /// `method path` (no body) on the admin listener: (status, body).
     pub async fn admin_request(&self, method: &str, path: &str) -> Result<(u16, String)> {
         let addr = self.admin_addr();
-        let mut stream = match &self.netns {
+        let stream = match &self.netns {
             Some(ns) => {
                 let s = crate::netns::connect_tcp_in(ns, addr)?;
                 s.set_nonblocking(true)?;
@@ -618,17 +603,17 @@ impl Proxy {
             }
             None => tokio::net::TcpStream::connect(addr).await?,
         };
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            stream.write_all(req.as_bytes()).await?;
-            stream.read_to_end(&mut raw).await
+        crate::scrape::http_request(stream, addr, method, path)
+            .await
+            .context("admin port")
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        crate::eventually(timeout, "/readyz 200", || async {
+            matches!(self.admin_get("/readyz").await, Ok((200, _))).then_some(())
         })
         .await
-        .map_err(|_| anyhow!("admin {method} {path} timed out"))??;
-        parse_http_response(&raw).with_context(|| format!("admin {method} {path}"))
     }
 
     /// The `/metrics` text.

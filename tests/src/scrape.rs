@@ -1,7 +1,33 @@
 //! Reading the admin endpoint without an HTTP client: a raw HTTP/1.x response split into status
 //! and body, and sample values picked out of the Prometheus text format.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `method path` (no body, `Connection: close`) over `stream` to the server at `addr`, read to
+/// the close within 5 s: (status, body). The admin and usage ports' raw client.
+pub async fn http_request(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String)> {
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(req.as_bytes()).await?;
+        stream.read_to_end(&mut raw).await
+    })
+    .await
+    .with_context(|| format!("{method} {path} on {addr} timed out"))??;
+    parse_http_response(&raw).with_context(|| format!("{method} {path} on {addr}"))
+}
 
 /// Splits a raw HTTP/1.x response into (status, body), undoing chunked encoding.
 pub fn parse_http_response(raw: &[u8]) -> Result<(u16, String)> {

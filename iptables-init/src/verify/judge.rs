@@ -1,5 +1,5 @@
 //! The verdicts: pure functions from what a probe saw to pass, skip or fail (unit-tested in
-//! `verify/tests.rs`), and the checks with their exit-code offsets.
+//! `verify/tests.rs`), what a check concluded (the checks themselves: `crate::check`).
 
 use std::net::SocketAddr;
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::family::Family;
 use crate::host;
-use crate::rules::Family;
 
 /// Which of tollgate's ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

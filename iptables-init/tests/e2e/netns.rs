@@ -1,66 +1,22 @@
-//! A small network-namespace guard for these tests, kept inside this crate so it does not
-//! depend on the tests crate. Each [`Netns`] is `tgi-<pid>-<n>` with `lo` up and, unless bare,
-//! a veth pair whose both ends stay inside it: `tga` holds 192.0.2.1/24 and 2001:db8::1/64,
-//! `tgb` the `.2`s. Dropping it deletes the namespace, also when the test panics.
+//! The workspace's one network-namespace harness (`tollgate_tests::netns`: names, veth pair,
+//! cleanup, the skip rule) with what these tests add: commands that panic with their output,
+//! `tollgate-init` runnable by any UID, and `iptables-save` normalised for comparison. Each
+//! [`Netns`] has `lo` up and, unless bare, the harness's veth pair: `tg0` holds 192.0.2.1/24 and
+//! 2001:db8::1/64, `tg1` (= [`VETH_B`]) the `.2`s. Dropping it deletes the namespace, also when
+//! the test panics.
 
-use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::ffi::OsStr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use nix::sched::{CloneFlags, setns};
+use tollgate_tests::netns::{Netns as Shared, in_netns};
+pub use tollgate_tests::netns::{V4_A, V4_B, V6_B, require_root, sock};
 
-/// The veth end with the `.1` addresses (the self-test's probe addresses).
-pub const V4_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-/// The other end.
-pub const V4_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-/// IPv6 twin of [`V4_A`].
-pub const V6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
-/// IPv6 twin of [`V4_B`].
-pub const V6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-static REAPED: std::sync::Once = std::sync::Once::new();
-
-/// True when root and `ip netns` work. Otherwise panics under `TOLLGATE_REQUIRE_ROOT_TESTS=1`
-/// (CI must not skip silently), else prints `SKIPPED` and returns false.
-pub fn require_root() -> bool {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("not running as root".to_string())
-    } else {
-        match Command::new("ip").args(["netns", "list"]).output() {
-            Ok(o) if o.status.success() => which("iptables-nft-restore")
-                .or_else(|| which("iptables-restore"))
-                .is_none()
-                .then(|| "iptables is not installed (apt-get install iptables)".to_string()),
-            Ok(o) => Some(format!(
-                "`ip netns list` failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => Some(format!("cannot run `ip` (install iproute2): {e}")),
-        }
-    };
-    match reason {
-        None => true,
-        Some(why) if std::env::var("TOLLGATE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") => {
-            panic!("TOLLGATE_REQUIRE_ROOT_TESTS=1 but the namespace tests cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED (needs root, iproute2 and iptables): {why}");
-            false
-        }
-    }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
+/// The veth end holding the `.2` addresses.
+pub const VETH_B: &str = "tg1";
 
 /// The finished run of a command: exit code and output, printable for assertion messages.
 #[derive(Debug)]
@@ -135,71 +91,29 @@ pub fn copy_for_everyone(file: &Path, dir: &Path) -> PathBuf {
 
 /// A network namespace owned by one test.
 pub struct Netns {
-    name: String,
+    inner: Shared,
 }
 
 impl Netns {
     /// A namespace with `lo` up and the veth pair.
     pub fn new() -> Netns {
         let ns = Netns::bare();
-        ns.ip(&["link", "add", "tga", "type", "veth", "peer", "name", "tgb"]);
-        for (dev, v4, v6) in [("tga", V4_A, V6_A), ("tgb", V4_B, V6_B)] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", dev, "up"]);
-        }
+        let veth = ns.inner.veth().unwrap();
+        assert_eq!(veth.b, VETH_B);
         ns
     }
 
     /// A namespace with only `lo` up: no route to any TEST-NET address.
     pub fn bare() -> Netns {
-        REAPED.call_once(reap_stale);
-        let name = format!(
-            "tgi-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            Run::from(out)
-        );
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} {args:?}: {}",
-            self.name,
-            Run::from(out)
-        );
+        Netns {
+            inner: Shared::new().unwrap(),
+        }
     }
 
     /// `ip netns exec <ns> <program>`, to add arguments to.
-    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
+        c.args(["netns", "exec", self.inner.name()]).arg(program);
         c
     }
 
@@ -244,49 +158,21 @@ impl Netns {
         std::net::UdpSocket::from(self.bound_socket(addr, socket2::Type::DGRAM))
     }
 
-    /// A socket of type `ty` bound to `addr`, made inside the namespace from a thread that
-    /// `setns`es first (v6-only for IPv6; SO_REUSEADDR for TCP).
+    /// A socket of type `ty` bound to `addr` inside the namespace (v6-only for IPv6;
+    /// SO_REUSEADDR for TCP).
     fn bound_socket(&self, addr: SocketAddr, ty: socket2::Type) -> socket2::Socket {
-        let path = PathBuf::from("/var/run/netns").join(&self.name);
-        std::thread::spawn(move || {
-            let f = File::open(&path).unwrap();
-            setns(&f, CloneFlags::CLONE_NEWNET).unwrap();
-            let sock = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None).unwrap();
+        in_netns(self.inner.path(), move || {
+            let sock = socket2::Socket::new(socket2::Domain::for_address(addr), ty, None)?;
             if addr.is_ipv6() {
-                sock.set_only_v6(true).unwrap();
+                sock.set_only_v6(true)?;
             }
             if ty == socket2::Type::STREAM {
-                sock.set_reuse_address(true).unwrap();
+                sock.set_reuse_address(true)?;
             }
-            sock.bind(&addr.into()).unwrap();
-            sock
+            sock.bind(&addr.into())?;
+            Ok(sock)
         })
-        .join()
         .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// Deletes `tgi-<pid>-*` namespaces whose test process is gone (a killed earlier run).
-fn reap_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(pid) = name.strip_prefix("tgi-").and_then(|r| r.split('-').next()) else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
     }
 }
 
@@ -321,9 +207,4 @@ pub fn normalise(save: &str) -> String {
         }
     }
     out.join("\n")
-}
-
-/// A socket address.
-pub fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
 }

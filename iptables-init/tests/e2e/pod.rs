@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::netns::{Netns, Run, V4_B, V6_B, binary, copy_for_everyone, require_root, sock};
+use crate::netns::{Netns, Run, V4_B, V6_B, VETH_B, binary, copy_for_everyone, require_root, sock};
 
 const AGENT: [&str; 7] = [
     "setpriv",
@@ -124,8 +124,8 @@ impl Pod {
     fn start(tollgate: &Path) -> Pod {
         let ns = Netns::new();
         // A Pod has a default route; without one, connects fail before netfilter sees them.
-        ns.ok(&["ip", "route", "add", "default", "dev", "tgb"]);
-        ns.ok(&["ip", "-6", "route", "add", "default", "dev", "tgb"]);
+        ns.ok(&["ip", "route", "add", "default", "dev", VETH_B]);
+        ns.ok(&["ip", "-6", "route", "add", "default", "dev", VETH_B]);
 
         // 1. The init container, before the proxy exists: install and self-test.
         let init = ns.init_ok(&[]);

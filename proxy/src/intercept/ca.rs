@@ -127,11 +127,13 @@ impl Authority {
     }
 
     /// The CA certificate, PEM.
+    #[cfg(test)]
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
     /// The CA certificate, DER.
+    #[cfg(test)]
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
-use tollgate_policy::{Endpoint, GatewaySettings};
+use tollgate_policy::GatewaySettings;
 
 use super::body_budget::{BudgetError, Held, ReadError};
 use super::record::{self, Exit, Kind, RequestInfo};
@@ -246,9 +246,4 @@ fn reserve_refusal(
         ledger.record_refusal(meta, refusal.status.as_u16(), &refusal.message);
     }
     refusal
-}
-
-/// The endpoint label the reference wrote in its inference log.
-pub fn endpoint_label(endpoint: Endpoint) -> &'static str {
-    endpoint.name()
 }

@@ -14,6 +14,7 @@
 //!   crash left open is settled at its worst case before the first new request.
 
 use std::collections::BTreeMap;
+#[cfg(test)]
 use std::convert::Infallible;
 use std::fs::{self, File};
 use std::io;
@@ -31,9 +32,11 @@ mod types;
 
 pub use super::source::SettlementSource;
 pub use flush::Flusher;
+#[cfg(test)]
+pub use types::LedgerSnapshot;
 pub use types::{
-    BudgetExceeded, LedgerConfig, LedgerError, LedgerSnapshot, Recovery, RequestMeta, ReserveError,
-    Settled, Settlement,
+    BudgetExceeded, LedgerConfig, LedgerError, Recovery, RequestMeta, ReserveError, Settled,
+    Settlement,
 };
 
 /// The journal file name inside the data dir.
@@ -73,6 +76,7 @@ struct State {
 
 impl Ledger {
     /// An in-memory ledger (no files): for tests and for running without a data dir.
+    #[cfg(test)]
     pub fn in_memory(budget: Micros) -> Ledger {
         Self::build(
             LedgerConfig::new(budget, "in-memory"),
@@ -222,6 +226,7 @@ impl Ledger {
     }
 
     /// Reserves a fixed `amount` if it fits.
+    #[cfg(test)]
     pub fn reserve_amount(
         &self,
         meta: RequestMeta,
@@ -388,6 +393,7 @@ impl Ledger {
     }
 
     /// A consistent view of the numbers.
+    #[cfg(test)]
     pub fn snapshot(&self) -> LedgerSnapshot {
         let st = self.lock();
         LedgerSnapshot {
@@ -428,6 +434,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// The reservation id (in the journal).
+    #[cfg(test)]
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -437,11 +444,6 @@ impl Reservation {
         self.amount
     }
 
-    /// The request it was made for.
-    pub fn meta(&self) -> &RequestMeta {
-        &self.meta
-    }
-
     /// Settles at `s.cost` (charged in full even above the reservation) and releases the rest.
     pub fn settle(mut self, s: Settlement) -> Settled {
         self.armed = false;
@@ -449,6 +451,7 @@ impl Reservation {
     }
 
     /// Settles at the reserved worst case.
+    #[cfg(test)]
     pub fn settle_worst_case(self, status_code: u16, error: Option<String>) -> Settled {
         let mut s = Settlement::new(self.amount, SettlementSource::WorstCase, status_code);
         s.error = error;

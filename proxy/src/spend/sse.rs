@@ -68,6 +68,7 @@ impl SseParser {
     }
 
     /// What the stream told so far.
+    #[cfg(test)]
     pub fn summary(&self) -> &StreamSummary {
         &self.summary
     }
@@ -189,6 +190,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Parses a whole stream at once.
+#[cfg(test)]
 pub fn parse_sse(input: &[u8]) -> StreamSummary {
     let mut p = SseParser::new();
     p.feed(input);

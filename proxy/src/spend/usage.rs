@@ -72,6 +72,7 @@ impl ResponseSummary {
     }
 
     /// The real cost, if the response stated one.
+    #[cfg(test)]
     pub fn cost(&self) -> Option<Micros> {
         self.usage.as_ref().and_then(|u| u.cost)
     }

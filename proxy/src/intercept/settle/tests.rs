@@ -45,6 +45,7 @@ fn state() -> Arc<State> {
         estimate: EstimateConfig::default(),
         spend_metrics: SpendMetrics::new(Arc::new(|_: &str| true)),
         metrics,
+        evidence: std::sync::OnceLock::new(),
     })
 }
 

@@ -144,6 +144,7 @@ pub struct Settled {
 
 /// A consistent view of the ledger's numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg(test)]
 pub struct LedgerSnapshot {
     /// The budget.
     pub budget: Micros,
@@ -163,6 +164,7 @@ pub struct LedgerSnapshot {
     pub requests: u64,
 }
 
+#[cfg(test)]
 impl LedgerSnapshot {
     /// The invariant: settled + reserved ≤ budget, plus whatever providers overcharged.
     pub fn invariant_holds(&self) -> bool {

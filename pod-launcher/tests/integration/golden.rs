@@ -1,5 +1,5 @@
 //! Rendered task Pods compared with golden YAML in `tests/golden/` (and the example in
-//! `k8s/examples/`). Regenerate with `UPDATE_GOLDEN=1 cargo test -p tollgate-launch --test golden`.
+//! `k8s/examples/`). Regenerate with `UPDATE_GOLDEN=1 cargo test -p tollgate-launch --test integration golden::`.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ fn custom_phase_label_agent_ids_https_registry_and_long_names() {
 #[test]
 fn k8s_example_is_what_the_launcher_renders() {
     let header = format!(
-        "# Rendered by tollgate-launch; pod-launcher/tests/golden.rs keeps it in sync:\n\
+        "# Rendered by tollgate-launch; pod-launcher/tests/integration/golden.rs keeps it in sync:\n\
          #   tollgate-launch render \\\n\
          #     --archive-url '{URL}' \\\n\
          #     --archive-sha256 {SHA} \\\n\

@@ -11,14 +11,7 @@ use serde_json::Value;
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript, GENERATION, Gate, GenerationScript};
 use tollgate_tests::gateway::{Gateway, MODEL, SETTLE, chat, chat_stream};
 use tollgate_tests::llm_client::{AGENT_KEY, TIMED_OUT};
-
-/// `data:` payloads of an SSE text, in order.
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.trim_start_matches('\n').strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
-}
+use tollgate_tests::sse_data;
 
 fn generation_id(ex: &tollgate_tests::llm_client::Exchange) -> String {
     ex.response

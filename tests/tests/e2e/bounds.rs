@@ -36,7 +36,12 @@ fn endless_head() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn read_only_ports_cut_oversized_and_stalled_request_heads() {
     let gw = Gateway::new().await.unwrap();
-    let run = gw.start(&gw.spec()).await.unwrap();
+    // The header timeout is a flag (5 s by default): 1 s here, so the stalled heads below are
+    // cut after 1 s each instead of 5.
+    let run = gw
+        .start_with(&gw.spec(), &[("TOLLGATE_READ_ONLY_HEADER_TIMEOUT", "1s")])
+        .await
+        .unwrap();
     let usage = run.usage_addr.expect("the gateway serves the usage port");
     for (name, addr) in [("admin", run.proxy.admin_addr()), ("usage", usage)] {
         // Today's hyper default would buffer ~400 KB of head per connection; 64 KiB is refused.
@@ -48,7 +53,7 @@ async fn read_only_ports_cut_oversized_and_stalled_request_heads() {
         let text = String::from_utf8_lossy(&closed.received);
         assert!(text.starts_with("HTTP/1.1 431"), "{name}: {text:?}");
 
-        // A head that stops half way is cut at the header timeout (5 s by default).
+        // A head that stops half way is cut at the header timeout.
         let mut slow = RawClient::connect(addr).await.unwrap();
         slow.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             .await
@@ -111,11 +116,7 @@ async fn read_only_connection_cap_closes_the_excess_and_recovers() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
     drop(held);
-    eventually(SETTLE, "/readyz to answer again", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap();
+    proxy.wait_ready(SETTLE).await.unwrap();
     let refused = [("listener", "admin"), ("reason", "connection-limit")];
     assert!(proxy.metric(CLOSED, &refused).await.unwrap() >= 1.0);
 }
@@ -324,11 +325,10 @@ async fn a_squatted_sni_port_keeps_tollgate_up_and_not_ready_until_it_is_freed()
     drop(squatter);
     proxy.wait_listening(1).await.unwrap();
     assert_eq!(proxy.sni_addr(), sni);
-    eventually(SETTLE, "/readyz 200 once the port is bound", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
+    proxy
+        .wait_ready(SETTLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", proxy.describe()));
     lb.assert_tunnels(&proxy, "allowed.test").await.unwrap();
     assert_eq!(
         proxy
@@ -385,11 +385,7 @@ async fn a_squatted_admin_port_is_waited_for_and_then_served() {
     drop(squatter);
     proxy.wait_listening(1).await.unwrap();
     assert_eq!(proxy.admin_addr(), admin);
-    eventually(SETTLE, "/readyz 200 from tollgate", || async {
-        matches!(proxy.admin_get("/readyz").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .unwrap();
+    proxy.wait_ready(SETTLE).await.unwrap();
     assert!(
         proxy
             .metrics()

@@ -12,8 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tollgate::metrics::Metrics;
-use tollgate::metrics::spend::SpendMetrics;
+use tollgate::{Metrics, SpendMetrics};
 
 fn proxy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -11,6 +11,7 @@ use tollgate_tests::fake_openrouter::{
     MANAGEMENT_KEY, MODELS, WorkspaceScript, model_entry,
 };
 use tollgate_tests::llm_client::{AGENT_KEY, CurlPost, LlmClient};
+use tollgate_tests::sse_data;
 
 fn client(fake: &FakeOpenRouter) -> LlmClient {
     LlmClient::new(fake.addr(), "openrouter.ai", fake.ca().pem().as_bytes()).unwrap()
@@ -19,14 +20,6 @@ fn client(fake: &FakeOpenRouter) -> LlmClient {
 fn chat_body(stream: bool) -> Value {
     json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
            "stream": stream, "max_tokens": 50})
-}
-
-/// `data:` payloads of an SSE text, in order.
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test]

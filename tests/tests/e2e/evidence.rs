@@ -4,8 +4,6 @@
 //! run's `tollgate suggest` output passes `tollgate check` and replays with nothing refused.
 //! Routing here needs no redirect (clients dial the SNI listener), so no namespace is needed.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;

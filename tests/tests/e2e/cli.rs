@@ -152,18 +152,12 @@ async fn refuses_to_start_on_a_bad_policy_with_exit_64() {
             "--policy",
         ])
         .arg(&path)
-        .args(
-            if tollgate_tests::proxy::supports_flag("--capture-listen") {
-                &["--capture-listen", "127.0.0.1:0"][..]
-            } else {
-                &[]
-            },
-        )
-        .args(if tollgate_tests::proxy::supports_flag("--dns-listen") {
-            &["--dns-listen", "127.0.0.1:0"][..]
-        } else {
-            &[]
-        })
+        .args([
+            "--capture-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
+use tollgate_tests::close;
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript, EMBEDDINGS, GENERATION};
 use tollgate_tests::gateway::{EMBED_MODEL, Gateway, MODEL, MODEL_2, SETTLE, chat, error_message};
 use tollgate_tests::llm_client::AGENT_KEY;
@@ -22,10 +23,6 @@ const USAGE_KEYS: [&str; 9] = [
     "reserved_usd",
     "total_cost_usd",
 ];
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
-}
 
 fn sorted_keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();

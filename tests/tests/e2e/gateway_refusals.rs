@@ -10,13 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tollgate_tests::close;
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript, Gate, MANAGEMENT_KEY, WorkspaceScript};
 use tollgate_tests::gateway::{Gateway, MODEL, MODEL_2, SETTLE, chat, error_message, sha256_hex};
 use tollgate_tests::llm_client::AGENT_KEY;
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn endpoints_not_enabled_are_403_and_never_forwarded() {

@@ -1,12 +1,9 @@
 //! README.md's reason tables and the enums name the same reasons (`enforce::Reason` for the
 //! gateway's refusals, `route::Reason` for connections): a variant without a row fails here, as
 //! does a row for a reason that is gone.
-#![allow(clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 
-use tollgate::enforce::Reason;
-use tollgate::route::Reason as ConnectionReason;
+use tollgate::{ConnectionReason, RefusalReason as Reason};
 
 /// The first column of every row between the README's `<!-- {table} -->` markers.
 fn readme_reasons(table: &str) -> BTreeSet<String> {

@@ -8,8 +8,6 @@
 //! gateway and its spend is in the summary; exit codes and signals pass through; SIGUSR1
 //! switches the phase; the run leaves no network state behind, also after `kill -9`.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The generated `iptables-restore` input for a matrix of options, compared with
 //! `tests/golden/<case>.rules`. After an intended change, regenerate with
-//! `UPDATE_GOLDEN=1 cargo test -p tollgate-init --test golden` and review the diff.
+//! `UPDATE_GOLDEN=1 cargo test -p tollgate-init --test e2e golden::` and review the diff.
 
 #![allow(clippy::unwrap_used)]
 

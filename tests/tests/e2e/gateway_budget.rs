@@ -11,16 +11,13 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tollgate_tests::close;
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript, Cost, Gate, MODELS, model_entry};
 use tollgate_tests::gateway::{Gateway, GatewaySpec, SETTLE, chat, chat_stream, error_message};
 
 const EXACT: &str = "test/exact";
 /// The worst case (and real cost) of `chat(EXACT)`: 100 tokens × $0.00001.
 const W: f64 = 0.001;
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-9
-}
 
 fn exact_spec(gw: &Gateway, budget: &str) -> GatewaySpec {
     gw.spec().price(EXACT, "0", "0.00001").budget(budget)

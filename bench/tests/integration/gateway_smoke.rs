@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test: a failure should just panic
 
 #[allow(dead_code)] // the binary uses parts of the harness this test does not
-#[path = "../src/gateway.rs"]
+#[path = "../../src/gateway.rs"]
 mod gateway;
 
 use std::time::Duration;

@@ -541,7 +541,7 @@ async fn assert_phase_gauge(proxy: &tollgate_tests::proxy::Proxy, current: &str)
 /// A real Chromium first flight (SNI `pq.example.test`): Chromium adds an ECH GREASE extension
 /// (0xfe0d) to every hello by default, indistinguishable from real ECH on the wire.
 const CHROMIUM_HELLO: &[u8] =
-    include_bytes!("../../proxy/src/client_hello/fixtures/chromium_pq.bin");
+    include_bytes!("../../../proxy/src/client_hello/fixtures/chromium_pq.bin");
 
 /// Sends `bytes` and waits until the proxy dialled the upstream (the tunnel is up); hangs up and
 /// returns the connection's log line.
