@@ -141,46 +141,15 @@ impl Server {
             evidence,
             observe,
         } = self;
-        let sources = settings.phase_sources.clone();
-        let (phase_now, source) = phase::resolve(&sources, policy.policy.phase);
-        phase::export(&metrics, phase_now);
-        tracing::info!(phase = phase_now.as_str(), source = source.as_str(), summary = %policy.policy.summary(), "policy loaded");
-        if let Some(evidence) = &evidence {
-            let origin = policy
-                .path
-                .as_ref()
-                .map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
-            evidence.policy(&policy.text, &origin);
-            evidence.phase(None, phase_now.as_str(), source.as_str());
-        }
-        metrics.observe_mode.set(i64::from(observe));
-        if observe {
-            tracing::warn!(
-                "OBSERVE MODE: the agent phase routes as the verification phase would (everything not denied is tunnelled) and only records what the agent-phase policy would have decided; never use it for an untrusted agent"
-            );
-        }
-
-        let current = Arc::new(ArcSwap::from_pointee(policy.policy));
-        let phase_state = Arc::new(phase::State::new(phase_now));
         let background = shutdown.child_token();
-        tokio::spawn(phase::watch(
-            sources,
-            phase_state.clone(),
-            current.clone(),
-            metrics.clone(),
-            evidence.clone(),
-            background.clone(),
-        ));
-        if let Some(path) = policy.path {
-            tokio::spawn(reload::watch(
-                path,
-                policy.text,
-                current.clone(),
-                metrics.clone(),
-                evidence.clone(),
-                background.clone(),
-            ));
-        }
+        let (current, phase_state) = start_policy(
+            policy,
+            &settings.phase_sources,
+            &metrics,
+            evidence.as_ref(),
+            observe,
+            &background,
+        );
 
         // Every port tollgate listens on is refused as a captured destination (the usage port
         // too, served or not): a redirect back into the proxy would loop or reach its internals.
@@ -260,6 +229,56 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Announces the policy and phase (log, metrics, decision log), then keeps both current: the
+/// phase watcher and, for a policy file, the reload watcher run until `background` stops.
+fn start_policy(
+    policy: LoadedPolicy,
+    sources: &phase::Sources,
+    metrics: &Metrics,
+    evidence: Option<&Arc<Recorder>>,
+    observe: bool,
+    background: &CancellationToken,
+) -> (Arc<ArcSwap<Policy>>, Arc<phase::State>) {
+    let (phase_now, source) = phase::resolve(sources, policy.policy.phase);
+    phase::export(metrics, phase_now);
+    tracing::info!(phase = phase_now.as_str(), source = source.as_str(), summary = %policy.policy.summary(), "policy loaded");
+    if let Some(evidence) = evidence {
+        let origin = policy
+            .path
+            .as_ref()
+            .map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
+        evidence.policy(&policy.text, &origin);
+        evidence.phase(None, phase_now.as_str(), source.as_str());
+    }
+    metrics.observe_mode.set(i64::from(observe));
+    if observe {
+        tracing::warn!(
+            "OBSERVE MODE: the agent phase routes as the verification phase would (everything not denied is tunnelled) and only records what the agent-phase policy would have decided; never use it for an untrusted agent"
+        );
+    }
+    let current = Arc::new(ArcSwap::from_pointee(policy.policy));
+    let phase_state = Arc::new(phase::State::new(phase_now));
+    tokio::spawn(phase::watch(
+        sources.clone(),
+        phase_state.clone(),
+        current.clone(),
+        metrics.clone(),
+        evidence.cloned(),
+        background.clone(),
+    ));
+    if let Some(path) = policy.path {
+        tokio::spawn(reload::watch(
+            path,
+            policy.text,
+            current.clone(),
+            metrics.clone(),
+            evidence.cloned(),
+            background.clone(),
+        ));
+    }
+    (current, phase_state)
 }
 
 /// Starts the gateway (its CA files are written before this returns, so before readiness) and
