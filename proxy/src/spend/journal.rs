@@ -74,8 +74,14 @@ pub enum Record {
         /// Completion tokens, as reported.
         #[serde(default)]
         completion_tokens: u64,
+        /// The model that served it, when the response named one (older journals lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        served: Option<String>,
     },
 }
+
+/// The served-model key of a settlement no response named a model for.
+pub const UNKNOWN_SERVED: &str = "unknown";
 
 /// Why the journal could not be opened or replayed.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +140,8 @@ pub struct Replay {
     pub totals: ModelTotals,
     /// Totals by requested model.
     pub models: BTreeMap<String, ModelTotals>,
+    /// Totals by served model ([`UNKNOWN_SERVED`] when no response named one).
+    pub served: BTreeMap<String, ModelTotals>,
     /// Reservations left open, by id.
     pub open: BTreeMap<u64, OpenReservation>,
     /// The next unused reservation id.
@@ -269,6 +277,7 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
                 model,
                 prompt_tokens,
                 completion_tokens,
+                served,
                 ..
             } => {
                 out.next_id = out.next_id.max(id.saturating_add(1));
@@ -277,6 +286,12 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
                     out.open.remove(&id);
                     out.totals.add(micros, prompt_tokens, completion_tokens);
                     out.models.entry(model).or_default().add(
+                        micros,
+                        prompt_tokens,
+                        completion_tokens,
+                    );
+                    let served = served.unwrap_or_else(|| UNKNOWN_SERVED.to_owned());
+                    out.served.entry(served).or_default().add(
                         micros,
                         prompt_tokens,
                         completion_tokens,
@@ -320,6 +335,7 @@ mod tests {
             model: "m".into(),
             prompt_tokens: 1,
             completion_tokens: 2,
+            served: None,
         }
     }
 

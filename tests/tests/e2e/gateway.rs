@@ -12,7 +12,7 @@ use tollgate_tests::fake_openrouter::{CHAT, ChatScript, EMBEDDINGS, GENERATION};
 use tollgate_tests::gateway::{EMBED_MODEL, Gateway, MODEL, MODEL_2, SETTLE, chat, error_message};
 use tollgate_tests::llm_client::AGENT_KEY;
 
-const USAGE_KEYS: [&str; 9] = [
+const USAGE_KEYS: [&str; 10] = [
     "budget_remaining_usd",
     "completion_tokens",
     "evaluation_run_id",
@@ -21,6 +21,7 @@ const USAGE_KEYS: [&str; 9] = [
     "prompt_tokens",
     "requests",
     "reserved_usd",
+    "served_models",
     "total_cost_usd",
 ];
 
