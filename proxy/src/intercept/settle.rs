@@ -168,12 +168,13 @@ pub async fn forward_metered(
         .screen(&summary)
         .map(|v| Refusal::served_violation(&v));
     let status = withheld.as_ref().map_or(parts.status, |r| r.status);
+    let note = withheld.as_ref().map(|r| r.message.clone());
     if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
         // The common case settles inline: a spawned task would wake another thread per request.
         let s = Settlement::new(cost, SettlementSource::Usage, status.as_u16());
-        pending.now(s, &summary, None);
+        pending.now(s, &summary, note);
     } else {
-        pending.later(summary, status, generation_id, None);
+        pending.later(summary, status, generation_id, note);
     }
     match withheld {
         Some(refusal) => full(refusal.response()),

@@ -7,9 +7,9 @@
 use serde_json::{Value, json};
 use tollgate_tests::fake_openrouter::{CHAT, ChatScript};
 use tollgate_tests::gateway::{
-    Gateway, GatewaySpec, MODEL, MODEL_2, RunningGateway, chat, chat_stream,
+    Gateway, GatewaySpec, MODEL, MODEL_2, RunningGateway, SETTLE, chat, chat_stream,
 };
-use tollgate_tests::sse_data;
+use tollgate_tests::{eventually, sse_data};
 
 /// The fake's default cost per request.
 const COST: f64 = 0.00123;
@@ -33,6 +33,26 @@ async fn violations(run: &RunningGateway, kind: &str) -> f64 {
     run.metric("tollgate_llm_served_violations_total", &[("kind", kind)])
         .await
         .unwrap()
+}
+
+/// Waits for the violation count (counted just after the inference line is written).
+async fn expect_violations(run: &RunningGateway, kind: &str, n: f64) {
+    let what = format!("{n} {kind} violations");
+    let r = eventually(SETTLE, &what, || async {
+        (violations(run, kind).await == n).then_some(())
+    })
+    .await;
+    let last = violations(run, kind).await;
+    r.unwrap_or_else(|e| panic!("{e:#}: last {last}"));
+}
+
+/// Waits until `n` request log lines satisfy `pred` (written just after the inference line).
+async fn expect_logs(run: &RunningGateway, n: usize, pred: impl Fn(&Value) -> bool) {
+    let r = eventually(SETTLE, "request lines", || async {
+        (run.request_logs().iter().filter(|l| pred(l)).count() == n).then_some(())
+    })
+    .await;
+    r.unwrap_or_else(|e| panic!("{e:#}: {:#?}", run.request_logs()));
 }
 
 /// Only [`MODEL`] allowed; only `openai` as provider, no fallbacks.
@@ -63,7 +83,9 @@ async fn assert_withheld(script: ChatScript, kind: &str, reason: &str, served: (
     assert_eq!(line["status_code"], 502);
     assert_eq!(line["cost_usd"], COST, "the spend is settled: {line}");
     assert_eq!(line[served.0], served.1, "{line}");
-    assert_eq!(violations(&run, kind).await, 1.0);
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("response withheld: served by"), "{line}");
+    expect_violations(&run, kind, 1.0).await;
 
     let r = run
         .client()
@@ -91,18 +113,29 @@ async fn assert_withheld(script: ChatScript, kind: &str, reason: &str, served: (
         "settled from the generation record: {line}"
     );
     assert_eq!(line["settlement_source"], "generation");
-    assert_eq!(violations(&run, kind).await, 2.0);
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("response withheld: served by"), "{line}");
+    expect_violations(&run, kind, 2.0).await;
 
-    let logs = run.request_logs();
-    let withheld: Vec<&Value> = logs.iter().filter(|l| l["withheld"] == true).collect();
-    assert_eq!(withheld.len(), 2, "{logs:#?}");
-    assert!(
-        withheld
-            .iter()
-            .all(|l| l["violation"] == reason && l["reason"] == reason)
-    );
+    expect_logs(&run, 2, |l| {
+        l["withheld"] == true && l["violation"] == reason && l["reason"] == reason
+    })
+    .await;
     let usage = usage(&run).await;
     assert_eq!(usage["models"][MODEL]["requests"], 2, "{usage}");
+    // The evidence record is appended right after the inference line: wait for it.
+    let path = gw.data_dir().join("proxy_decisions.jsonl");
+    let needle = format!("\"violation\":\"{kind}\"");
+    eventually(
+        SETTLE,
+        "the evidence llm records carry the violation",
+        || async {
+            let decisions = std::fs::read_to_string(&path).unwrap_or_default();
+            (decisions.lines().filter(|l| l.contains(&needle)).count() == 2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,15 +179,11 @@ async fn with_the_switch_off_a_violation_passes_but_is_counted_and_logged() {
         assert_eq!(line["status_code"], 200);
         assert_eq!(line["served_model"], MODEL_2);
     }
-    assert_eq!(violations(&run, "model").await, 2.0);
-    let logs = run.request_logs();
-    assert!(
-        logs.iter()
-            .filter(|l| l["violation"] == "served-model-violation" && l["withheld"] == false)
-            .count()
-            == 2,
-        "{logs:#?}"
-    );
+    expect_violations(&run, "model", 2.0).await;
+    expect_logs(&run, 2, |l| {
+        l["violation"] == "served-model-violation" && l["withheld"] == false
+    })
+    .await;
     let usage = usage(&run).await;
     assert_eq!(usage["served_models"][MODEL_2]["requests"], 2, "{usage}");
 }
@@ -179,12 +208,10 @@ async fn a_compliant_response_is_recorded_without_a_violation() {
     }
     assert_eq!(violations(&run, "model").await, 0.0);
     assert_eq!(violations(&run, "provider").await, 0.0);
-    let logs = run.request_logs();
-    assert!(
-        logs.iter()
-            .all(|l| l["violation"] == "-" && l["served_model"] == MODEL),
-        "{logs:#?}"
-    );
+    expect_logs(&run, 2, |l| {
+        l["violation"] == "-" && l["served_model"] == MODEL && l["served_provider"] == "OpenAI"
+    })
+    .await;
     let usage = usage(&run).await;
     assert_eq!(usage["served_models"][MODEL]["requests"], 2, "{usage}");
 }
