@@ -369,6 +369,28 @@ mod tests {
     }
 
     #[test]
+    fn served_models_survive_a_replay() {
+        let mut served = settle(1, 70);
+        if let Record::Settle { served: s, .. } = &mut served {
+            *s = Some("openai/gpt-4o-2024-08-06".into());
+        }
+        let bytes = lines(&[reserve(0, 100), settle(0, 50), reserve(1, 100), served]);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""served":"openai/gpt-4o-2024-08-06""#),
+            "{text}"
+        );
+        let (r, _) = replay(Path::new("j"), &bytes).unwrap();
+        assert_eq!(r.models["m"].cost, Micros(120));
+        assert_eq!(
+            r.served[UNKNOWN_SERVED].cost,
+            Micros(50),
+            "older lines lack it"
+        );
+        assert_eq!(r.served["openai/gpt-4o-2024-08-06"].cost, Micros(70));
+    }
+
+    #[test]
     fn a_torn_last_line_is_dropped() {
         let mut bytes = lines(&[reserve(0, 100), settle(0, 40), reserve(1, 500)]);
         let full = bytes.len();
