@@ -376,6 +376,9 @@ pub struct GatewaySettings {
     pub read_timeout: Duration,
     /// An extra trust anchor for the upstream, besides the webpki roots (tests).
     pub extra_ca_file: Option<PathBuf>,
+    /// Whether a response served by a model or provider the policy refuses is withheld from the
+    /// agent (default true); off, it passes and the violation is only counted and logged.
+    pub withhold_served_violations: bool,
     /// The gateway's CA and trust-file output.
     pub tls: TlsSettings,
     /// Key pinning and injection.
@@ -408,6 +411,7 @@ impl Default for GatewaySettings {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(600),
             extra_ca_file: None,
+            withhold_served_violations: true,
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             models: ModelPolicy::default(),

@@ -43,6 +43,7 @@ pub(crate) struct RawIntercept {
     pub connect_timeout: Option<Spanned<String>>,
     pub read_timeout: Option<Spanned<String>>,
     pub extra_ca_file: Option<Spanned<String>>,
+    pub withhold_served_violations: Option<bool>,
     pub tls: RawTls,
     pub auth: RawAuth,
     pub models: RawModels,

@@ -7,8 +7,10 @@ use serde_json::{Map, Value, json};
 use tollgate_policy::{Endpoint, GatewaySettings, ProviderPrefs};
 
 mod refusal;
+mod served;
 
 pub use refusal::{Reason, Refusal};
+pub use served::{ServedKind, Violation, check_served};
 
 /// `Host` (HTTP/1.1) or `:authority` (HTTP/2) must name the host the TLS session was for:
 /// otherwise one connection could reach hosts the SNI decision never saw.

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub llm_requests: IntCounterVec,
     /// LLM requests refused by the gateway, by reason.
     pub llm_denials: IntCounterVec,
+    /// Responses served by a model or provider the policy refuses, by kind (`model`, `provider`).
+    pub llm_served_violations: IntCounterVec,
     /// Every gateway request, once, by how it ended (`intercept::record::Kind`).
     pub gateway_requests: IntCounterVec,
     /// Upstream time from sending the request to the end of the response.
@@ -163,6 +165,11 @@ impl Metrics {
                 "tollgate_llm_denials_total",
                 "LLM requests refused by the gateway, by reason.",
                 &["reason"],
+            ),
+            llm_served_violations: counter_vec(
+                "tollgate_llm_served_violations_total",
+                "LLM responses served by a model or provider the policy refuses, by kind.",
+                &["kind"],
             ),
             gateway_requests: counter_vec(
                 "tollgate_gateway_requests_total",
@@ -266,6 +273,10 @@ impl Metrics {
         for kind in crate::intercept::record::Kind::ALL {
             self.gateway_requests.with_label_values(&[kind.as_str()]);
         }
+        for kind in crate::enforce::ServedKind::ALL {
+            self.llm_served_violations
+                .with_label_values(&[kind.as_str()]);
+        }
     }
 
     /// The evidence series (kept apart from `register_all` so the lists merge easily).
@@ -282,10 +293,11 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.llm_requests.clone()),
             Box::new(self.gateway_requests.clone()),
             Box::new(self.llm_denials.clone()),
+            Box::new(self.llm_served_violations.clone()),
             Box::new(self.upstream_latency.clone()),
             Box::new(self.upstream_ttfb.clone()),
             Box::new(self.capture_rejections.clone()),

@@ -62,6 +62,9 @@ pub(super) fn compile(src: Source<'_>, raw: &RawIntercept) -> Result<Intercept, 
             raw.extra_ca_file.as_ref(),
             parse::absolute_path,
         )?,
+        withhold_served_violations: raw
+            .withhold_served_violations
+            .unwrap_or(defaults.withhold_served_violations),
         tls: access::tls(src, &raw.tls)?,
         auth: access::auth(src, &raw.auth)?,
         models: requests::models(src, &raw.models)?,

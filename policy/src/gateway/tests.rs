@@ -346,6 +346,7 @@ max_body = "1MiB"
 connect_timeout = "2s"
 read_timeout = "1m"
 extra_ca_file = "/tmp/ca.pem"
+withhold_served_violations = false
 [intercept.tls]
 ca_cert = "/ca/ca.crt"
 ca_key = "/ca/ca.key"
@@ -396,6 +397,8 @@ max_concurrent = 4
     assert_eq!(g.connect_timeout, Duration::from_secs(2));
     assert_eq!(g.read_timeout, Duration::from_secs(60));
     assert_eq!(g.extra_ca_file, Some(PathBuf::from("/tmp/ca.pem")));
+    assert!(!g.withhold_served_violations);
+    assert!(GatewaySettings::default().withhold_served_violations);
     let ca = g.tls.ca.as_ref().unwrap();
     assert_eq!(ca.key, PathBuf::from("/ca/ca.key"));
     assert_eq!(g.tls.output_dir, PathBuf::from("/out"));

@@ -66,11 +66,17 @@ pub enum Reason {
     /// The upstream failed or timed out (502, 504): not a refusal, so not counted in
     /// `tollgate_llm_denials_total` (a metered request is still settled).
     Upstream,
+    /// The response was served by a model the policy refuses; withheld (502). Counted in
+    /// `tollgate_llm_served_violations_total`, not in the denials (it was forwarded and settled).
+    ServedModelViolation,
+    /// The response was served by a provider outside a forced `order` with
+    /// `allow_fallbacks = false`; withheld (502), counted as above.
+    ServedProviderViolation,
 }
 
 impl Reason {
     /// Every reason, in the README's order.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Misdirected,
         Reason::Endpoint,
         Reason::Unauthenticated,
@@ -97,6 +103,8 @@ impl Reason {
         Reason::Ledger,
         Reason::Internal,
         Reason::Upstream,
+        Reason::ServedModelViolation,
+        Reason::ServedProviderViolation,
     ];
 
     /// The label, log value and `tollgate_reason`.
@@ -128,6 +136,8 @@ impl Reason {
             Reason::Ledger => "ledger",
             Reason::Internal => "internal",
             Reason::Upstream => "upstream",
+            Reason::ServedModelViolation => "served-model-violation",
+            Reason::ServedProviderViolation => "served-provider-violation",
         }
     }
 }
@@ -255,15 +265,30 @@ impl Refusal {
         Self::new(status, Reason::Upstream, message)
     }
 
-    /// The response: `{"error":{"code":N,"message":"...","metadata":{"tollgate_reason":"..."}}}`.
-    pub fn response(&self) -> http::Response<Full<Bytes>> {
-        let body = json!({
+    /// A response withheld because the model or provider that served it breaks the policy (502:
+    /// the upstream answered, but not with what the policy allows).
+    pub fn served_violation(violation: &super::Violation) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            violation.reason(),
+            format!("response withheld: {}", violation.message),
+        )
+    }
+
+    /// The error object OpenRouter would send, as a response body or an SSE event's data.
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "error": {
                 "code": self.status.as_u16(),
                 "message": self.message,
                 "metadata": { "tollgate_reason": self.reason.as_str() },
             }
-        });
+        })
+    }
+
+    /// The response: `{"error":{"code":N,"message":"...","metadata":{"tollgate_reason":"..."}}}`.
+    pub fn response(&self) -> http::Response<Full<Bytes>> {
+        let body = self.body();
         let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();

@@ -209,6 +209,7 @@ impl Recorder {
         reason: &str,
         charged_micros: u64,
         overcharge_micros: u64,
+        violation: Option<&str>,
     ) {
         self.append(Record::Llm(Llm {
             model: model.map(str::to_owned),
@@ -216,7 +217,7 @@ impl Recorder {
             reason: reason.to_owned(),
             charged_micros,
             overcharge_micros,
-            violation: None,
+            violation: violation.map(str::to_owned),
         }));
     }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use http::Method;
 
 use super::state::State;
-use crate::enforce::Refusal;
+use crate::enforce::{Refusal, Violation};
 use crate::spend::{Micros, SettlementSource};
 
 /// Who asked for what, kept from the request's arrival to its line.
@@ -85,6 +85,14 @@ pub struct Exit<'a> {
     pub stream: bool,
     /// The settlement (metered only).
     pub charge: Option<Charge>,
+    /// The model that served it, as the response or the generation record named it.
+    pub served_model: Option<&'a str>,
+    /// The provider that served it.
+    pub served_provider: Option<&'a str>,
+    /// What served it against the policy's rules, if that broke them.
+    pub violation: Option<&'a Violation>,
+    /// Whether the response was withheld from the agent for that violation.
+    pub withheld: bool,
     /// What went wrong, if anything (refusal message, upstream error, note).
     pub error: Option<&'a str>,
 }
@@ -109,6 +117,10 @@ impl<'a> Exit<'a> {
             model: "",
             stream: false,
             charge: None,
+            served_model: None,
+            served_provider: None,
+            violation: None,
+            withheld: false,
             error: None,
         }
     }
@@ -134,6 +146,20 @@ pub fn record(state: &State, req: &RequestInfo, exit: &Exit<'_>) {
         }
         Kind::Usage | Kind::Free => {}
     }
+    if let Some(v) = exit.violation {
+        m.llm_served_violations
+            .with_label_values(&[v.kind.as_str()])
+            .inc();
+        tracing::warn!(
+            sni = %req.sni,
+            model = exit.model,
+            served_model = exit.served_model.unwrap_or("-"),
+            served_provider = exit.served_provider.unwrap_or("-"),
+            kind = v.kind.as_str(),
+            withheld = exit.withheld,
+            "{}", v.message
+        );
+    }
     let usd = |f: fn(&Charge) -> Micros| {
         exit.charge
             .as_ref()
@@ -150,6 +176,10 @@ pub fn record(state: &State, req: &RequestInfo, exit: &Exit<'_>) {
         endpoint = exit.endpoint.unwrap_or("-"),
         model = if exit.model.is_empty() { "-" } else { exit.model },
         stream = exit.stream,
+        served_model = exit.served_model.unwrap_or("-"),
+        served_provider = exit.served_provider.unwrap_or("-"),
+        violation = exit.violation.map_or("-", Violation::as_str),
+        withheld = exit.withheld,
         cost_usd = %usd(|c| c.cost),
         charged_usd = %usd(|c| c.charged),
         remaining_usd = %usd(|c| c.remaining),
@@ -169,11 +199,20 @@ fn chain(state: &State, exit: &Exit<'_>) {
     };
     match (exit.kind, &exit.charge) {
         (Kind::Refused, _) => {
-            evidence.llm(None, exit.status, exit.reason.unwrap_or("-"), 0, 0);
+            evidence.llm(None, exit.status, exit.reason.unwrap_or("-"), 0, 0, None);
         }
         (Kind::Metered, Some(c)) => {
             let model = Some(exit.model);
-            evidence.llm(model, exit.status, "forwarded", c.charged.0, c.overcharge.0);
+            let violation = exit.violation.map(|v| v.kind.as_str());
+            // Forwarded (and paid for) even when withheld: the violation field says so.
+            evidence.llm(
+                model,
+                exit.status,
+                "forwarded",
+                c.charged.0,
+                c.overcharge.0,
+                violation,
+            );
         }
         _ => {}
     }

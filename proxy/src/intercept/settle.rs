@@ -20,7 +20,7 @@ use tollgate_policy::Endpoint;
 
 use super::record::{self, Charge, Exit, Kind, RequestInfo};
 use super::state::State;
-use crate::enforce::Refusal;
+use crate::enforce::{Refusal, Violation, check_served};
 use crate::spend::sse::SseParser;
 use crate::spend::usage::{self, ResponseSummary};
 use crate::spend::{Ledger, Micros, Reservation, Settlement, SettlementSource};
@@ -118,7 +118,7 @@ pub async fn forward_metered(
     m: Metered,
 ) -> Response<Body> {
     let read_timeout = state.policy.load().gateway.read_timeout;
-    let pending = Pending::new(state.clone(), reservation, m);
+    let mut pending = Pending::new(state.clone(), reservation, m);
     let sent = Instant::now();
     let response = match upstream::send(&state.client, request, read_timeout).await {
         Ok(response) => response,
@@ -164,14 +164,22 @@ pub async fn forward_metered(
         return upstream_failure(StatusCode::BAD_GATEWAY, "upstream response failed");
     };
     let summary = usage::parse_response(&bytes).unwrap_or_default();
+    let withheld = pending
+        .screen(&summary)
+        .map(|v| Refusal::served_violation(&v));
+    let status = withheld.as_ref().map_or(parts.status, |r| r.status);
+    let note = withheld.as_ref().map(|r| r.message.clone());
     if let Some(cost) = summary.usage.as_ref().and_then(|u| u.cost) {
         // The common case settles inline: a spawned task would wake another thread per request.
-        let s = Settlement::new(cost, SettlementSource::Usage, parts.status.as_u16());
-        pending.now(s, &summary, None);
+        let s = Settlement::new(cost, SettlementSource::Usage, status.as_u16());
+        pending.now(s, &summary, note);
     } else {
-        pending.later(summary, parts.status, generation_id, None);
+        pending.later(summary, status, generation_id, note);
     }
-    respond(parts.status, &parts.headers, bytes)
+    match withheld {
+        Some(refusal) => full(refusal.response()),
+        None => respond(parts.status, &parts.headers, bytes),
+    }
 }
 
 /// No response head came back: settle (a connect failure never reached the upstream, anything
@@ -221,7 +229,7 @@ impl Pump {
         self,
         mut body: Incoming,
         tx: mpsc::Sender<Chunk>,
-        pending: Pending,
+        mut pending: Pending,
         sent: Instant,
     ) {
         let mut parser = SseParser::new();
@@ -241,6 +249,14 @@ impl Pump {
                         continue;
                     };
                     parser.feed(&data);
+                    if let Some(v) = pending.screen(&parser.summary().response) {
+                        // Nothing past the chunk that named it reaches the agent.
+                        let refusal = Refusal::served_violation(&v);
+                        let event = format!("data: {}\n\n", refusal.body());
+                        let _ = tx.send(Ok(Bytes::from(event))).await;
+                        note = Some(refusal.message);
+                        break;
+                    }
                     if tx.send(Ok(data)).await.is_err() {
                         note = Some("client disconnected mid-stream".to_owned());
                         break;
@@ -288,6 +304,10 @@ pub struct Pending {
     state: Arc<State>,
     reservation: Option<Reservation>,
     m: Metered,
+    /// What served it broke the policy (found by [`Self::screen`] or at settlement).
+    violation: Option<Violation>,
+    /// The response was withheld from the agent for that violation.
+    withheld: bool,
 }
 
 impl Pending {
@@ -297,7 +317,25 @@ impl Pending {
             state,
             reservation: Some(reservation),
             m,
+            violation: None,
+            withheld: false,
         }
+    }
+
+    /// Checks the model and provider the response named so far against the policy. The first
+    /// violation is kept for the request's line; it is returned (once) when the policy says to
+    /// withhold the response.
+    pub fn screen(&mut self, summary: &ResponseSummary) -> Option<Violation> {
+        if self.violation.is_some() || (summary.model.is_none() && summary.provider.is_none()) {
+            return None;
+        }
+        let policy = self.state.policy.load();
+        let g = &policy.gateway;
+        let (model, provider) = (summary.model.as_deref(), summary.provider.as_deref());
+        let v = check_served(g, &self.m.model, model, provider)?;
+        self.withheld = g.withhold_served_violations;
+        self.violation = Some(v.clone());
+        self.withheld.then_some(v)
     }
 
     /// Settles at once: charges `s` (completed from `summary`), counts it and writes the line.
@@ -380,6 +418,14 @@ impl Pending {
         });
         s.error = upstream_error.or(note);
         s.latency = Some(self.m.request.started.elapsed());
+        // A generation record may name what the response did not.
+        let violation = self.violation.take().or_else(|| {
+            let policy = self.state.policy.load();
+            let (model, provider) = (s.routed_model.as_deref(), s.provider.as_deref());
+            check_served(&policy.gateway, &self.m.model, model, provider)
+        });
+        s.violation = violation.as_ref().map(|v| v.kind.as_str());
+        let (served_model, served_provider) = (s.routed_model.clone(), s.provider.clone());
         let (source, cost, status, error) = (s.source, s.cost, s.status_code, s.error.clone());
         let settled = reservation.settle(s);
         let exit = Exit {
@@ -394,6 +440,14 @@ impl Pending {
                 overcharge: settled.overcharge,
             }),
             error: error.as_deref(),
+            served_model: served_model.as_deref(),
+            served_provider: served_provider.as_deref(),
+            violation: violation.as_ref(),
+            withheld: self.withheld,
+            reason: self
+                .withheld
+                .then(|| violation.as_ref().map(Violation::as_str))
+                .flatten(),
             ..Exit::bare(Kind::Metered, status)
         };
         record::record(&self.state, &self.m.request, &exit);

@@ -74,8 +74,14 @@ pub enum Record {
         /// Completion tokens, as reported.
         #[serde(default)]
         completion_tokens: u64,
+        /// The model that served it, when the response named one (older journals lack it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        served: Option<String>,
     },
 }
+
+/// The served-model key of a settlement no response named a model for.
+pub const UNKNOWN_SERVED: &str = "unknown";
 
 /// Why the journal could not be opened or replayed.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +140,8 @@ pub struct Replay {
     pub totals: ModelTotals,
     /// Totals by requested model.
     pub models: BTreeMap<String, ModelTotals>,
+    /// Totals by served model ([`UNKNOWN_SERVED`] when no response named one).
+    pub served: BTreeMap<String, ModelTotals>,
     /// Reservations left open, by id.
     pub open: BTreeMap<u64, OpenReservation>,
     /// The next unused reservation id.
@@ -269,6 +277,7 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
                 model,
                 prompt_tokens,
                 completion_tokens,
+                served,
                 ..
             } => {
                 out.next_id = out.next_id.max(id.saturating_add(1));
@@ -277,6 +286,12 @@ pub fn replay(path: &Path, bytes: &[u8]) -> Result<(Replay, usize), JournalError
                     out.open.remove(&id);
                     out.totals.add(micros, prompt_tokens, completion_tokens);
                     out.models.entry(model).or_default().add(
+                        micros,
+                        prompt_tokens,
+                        completion_tokens,
+                    );
+                    let served = served.unwrap_or_else(|| UNKNOWN_SERVED.to_owned());
+                    out.served.entry(served).or_default().add(
                         micros,
                         prompt_tokens,
                         completion_tokens,
@@ -320,6 +335,7 @@ mod tests {
             model: "m".into(),
             prompt_tokens: 1,
             completion_tokens: 2,
+            served: None,
         }
     }
 
@@ -350,6 +366,28 @@ mod tests {
         assert_eq!(r.open.keys().copied().collect::<Vec<_>>(), vec![5]);
         assert_eq!(r.next_id, 6);
         assert!(!r.torn_tail);
+    }
+
+    #[test]
+    fn served_models_survive_a_replay() {
+        let mut served = settle(1, 70);
+        if let Record::Settle { served: s, .. } = &mut served {
+            *s = Some("openai/gpt-4o-2024-08-06".into());
+        }
+        let bytes = lines(&[reserve(0, 100), settle(0, 50), reserve(1, 100), served]);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""served":"openai/gpt-4o-2024-08-06""#),
+            "{text}"
+        );
+        let (r, _) = replay(Path::new("j"), &bytes).unwrap();
+        assert_eq!(r.models["m"].cost, Micros(120));
+        assert_eq!(
+            r.served[UNKNOWN_SERVED].cost,
+            Micros(50),
+            "older lines lack it"
+        );
+        assert_eq!(r.served["openai/gpt-4o-2024-08-06"].cost, Micros(70));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::journal::{Journal, ModelTotals, OpenReservation, Record, Replay, VERSION};
+use super::journal::{
+    Journal, ModelTotals, OpenReservation, Record, Replay, UNKNOWN_SERVED, VERSION,
+};
 use super::money::Micros;
 use super::report::{self, InferenceLine, UsageSnapshot};
 use crate::metrics::spend::SpendMetrics;
@@ -64,6 +66,7 @@ struct Shared {
 struct State {
     totals: ModelTotals,
     models: BTreeMap<String, ModelTotals>,
+    served: BTreeMap<String, ModelTotals>,
     reserved: Micros,
     overcharge_excess: Micros,
     overcharges: u64,
@@ -139,6 +142,7 @@ impl Ledger {
             overcharge_excess: replay.totals.cost.saturating_sub(cfg.budget),
             totals: replay.totals,
             models: replay.models,
+            served: replay.served,
             reserved: Micros::ZERO,
             overcharges: 0,
             open: 0,
@@ -249,6 +253,7 @@ impl Ledger {
                 model: r.meta.model.clone(),
                 prompt_tokens: prompt,
                 completion_tokens: completion,
+                served: s.routed_model.clone(),
             };
             // Safe to go on: the reservation stays open in the journal, so a restart charges
             // its worst case (≥ this cost unless this is an overcharge).
@@ -271,7 +276,8 @@ impl Ledger {
                 m.overcharges.inc();
             }
         }
-        self.add_settlement(&mut st, &r.meta.model, s.cost, prompt, completion);
+        let served = s.routed_model.as_deref();
+        self.add_settlement(&mut st, &r.meta.model, served, s.cost, prompt, completion);
         if let Some(m) = &self.shared.metrics {
             m.settled(&r.meta.model, s.cost, s.source, prompt, completion);
         }
@@ -291,6 +297,7 @@ impl Ledger {
         &self,
         st: &mut State,
         model: &str,
+        served: Option<&str>,
         cost: Micros,
         prompt: u64,
         completion: u64,
@@ -298,6 +305,10 @@ impl Ledger {
         st.totals.add(cost, prompt, completion);
         st.models
             .entry(model.to_owned())
+            .or_default()
+            .add(cost, prompt, completion);
+        st.served
+            .entry(served.unwrap_or(UNKNOWN_SERVED).to_owned())
             .or_default()
             .add(cost, prompt, completion);
         st.dirty = true;
@@ -314,9 +325,10 @@ impl Ledger {
                 model: r.model.clone(),
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                served: None,
             })?;
         }
-        self.add_settlement(&mut st, &r.model, r.micros, 0, 0);
+        self.add_settlement(&mut st, &r.model, None, r.micros, 0, 0);
         if let Some(m) = &self.shared.metrics {
             m.settled(&r.model, r.micros, SettlementSource::WorstCase, 0, 0);
         }
@@ -360,6 +372,9 @@ impl Ledger {
             timestamp: report::timestamp((self.shared.clock)()),
             routed_model: s.routed_model.clone(),
             provider: s.provider.clone(),
+            served_model: s.routed_model.clone(),
+            served_provider: s.provider.clone(),
+            served_violation: s.violation.map(str::to_owned),
             prompt_tokens: s.prompt_tokens,
             completion_tokens: s.completion_tokens,
             cost_usd: Some(s.cost.as_usd_f64()),
@@ -417,6 +432,7 @@ impl Ledger {
             st.reserved,
             &st.totals,
             &st.models,
+            &st.served,
         )
     }
 }

@@ -68,6 +68,10 @@ pub struct UsageSnapshot {
     pub models: BTreeMap<String, ModelUsage>,
     /// Reserved for requests in flight, in USD.
     pub reserved_usd: f64,
+    /// Usage by the model that served it (`unknown` when no response or generation record
+    /// named one). Absent from snapshots written before it existed.
+    #[serde(default)]
+    pub served_models: BTreeMap<String, ModelUsage>,
 }
 
 impl UsageSnapshot {
@@ -78,6 +82,7 @@ impl UsageSnapshot {
         reserved: Micros,
         totals: &ModelTotals,
         models: &BTreeMap<String, ModelTotals>,
+        served: &BTreeMap<String, ModelTotals>,
     ) -> Self {
         Self {
             evaluation_run_id: run.to_owned(),
@@ -91,6 +96,7 @@ impl UsageSnapshot {
             completion_tokens: totals.completion_tokens,
             models: models.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
             reserved_usd: reserved.as_usd_f64(),
+            served_models: served.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
         }
     }
 
@@ -139,6 +145,16 @@ pub struct InferenceLine {
     pub error: Option<String>,
     /// Where the charged amount came from.
     pub settlement_source: Option<String>,
+    /// The model that served the request (the same as `routed_model`, under the name the
+    /// served-model checks use).
+    #[serde(default)]
+    pub served_model: Option<String>,
+    /// The provider that served it (the same as `provider`).
+    #[serde(default)]
+    pub served_provider: Option<String>,
+    /// The served-model check it broke, if any: `model` or `provider`.
+    #[serde(default)]
+    pub served_violation: Option<String>,
 }
 
 /// RFC 3339 UTC with milliseconds, as the reference wrote timestamps.
@@ -185,7 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_snapshot_has_exactly_the_reference_fields() {
+    fn usage_snapshot_has_the_reference_fields_and_served_models() {
         let totals = ModelTotals {
             requests: 2,
             cost: Micros(1_500),
@@ -193,7 +209,15 @@ mod tests {
             completion_tokens: 20,
         };
         let models = BTreeMap::from([("openai/gpt-4o".to_owned(), totals)]);
-        let s = UsageSnapshot::new("run-1", Micros(10_000), Micros(500), &totals, &models);
+        let served = BTreeMap::from([("openai/gpt-4o-2024-08-06".to_owned(), totals)]);
+        let s = UsageSnapshot::new(
+            "run-1",
+            Micros(10_000),
+            Micros(500),
+            &totals,
+            &models,
+            &served,
+        );
         let v = serde_json::to_value(&s).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = vec![
@@ -206,6 +230,7 @@ mod tests {
             "completion_tokens",
             "models",
             "reserved_usd",
+            "served_models",
         ];
         expected.sort();
         let mut keys = keys;
@@ -219,6 +244,10 @@ mod tests {
             v["models"]["openai/gpt-4o"],
             serde_json::json!({"requests":2,"cost_usd":0.0015,"prompt_tokens":10,"completion_tokens":20})
         );
+        assert_eq!(
+            v["served_models"]["openai/gpt-4o-2024-08-06"],
+            v["models"]["openai/gpt-4o"]
+        );
     }
 
     #[test]
@@ -229,6 +258,7 @@ mod tests {
             Micros(1),
             Micros(0),
             &ModelTotals::default(),
+            &BTreeMap::new(),
             &BTreeMap::new(),
         );
         s.write_atomic(dir.path()).unwrap();
@@ -260,6 +290,9 @@ mod tests {
             generation_id: None,
             error: None,
             settlement_source: Some("usage".into()),
+            served_model: None,
+            served_provider: None,
+            served_violation: None,
         };
         append_line(&f, &line).unwrap();
         let text = fs::read_to_string(dir.path().join(INFERENCES_FILE)).unwrap();

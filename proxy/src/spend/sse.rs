@@ -68,7 +68,6 @@ impl SseParser {
     }
 
     /// What the stream told so far.
-    #[cfg(test)]
     pub fn summary(&self) -> &StreamSummary {
         &self.summary
     }

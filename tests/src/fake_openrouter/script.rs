@@ -254,6 +254,19 @@ impl ChatScript {
         self
     }
 
+    /// Answers as if `model` served the request (the `model` of the body, every SSE chunk and
+    /// the generation record), whatever the request asked for.
+    pub fn served_model(mut self, model: &str) -> ChatScript {
+        self.routed_model = Some(model.into());
+        self
+    }
+
+    /// Answers as if `provider` served the request.
+    pub fn served_provider(mut self, provider: &str) -> ChatScript {
+        self.provider = provider.into();
+        self
+    }
+
     /// Sets the content pieces.
     pub fn content(mut self, pieces: &[&str]) -> ChatScript {
         self.content = pieces.iter().map(|p| p.to_string()).collect();

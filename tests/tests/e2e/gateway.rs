@@ -12,7 +12,7 @@ use tollgate_tests::fake_openrouter::{CHAT, ChatScript, EMBEDDINGS, GENERATION};
 use tollgate_tests::gateway::{EMBED_MODEL, Gateway, MODEL, MODEL_2, SETTLE, chat, error_message};
 use tollgate_tests::llm_client::AGENT_KEY;
 
-const USAGE_KEYS: [&str; 9] = [
+const USAGE_KEYS: [&str; 10] = [
     "budget_remaining_usd",
     "completion_tokens",
     "evaluation_run_id",
@@ -21,6 +21,7 @@ const USAGE_KEYS: [&str; 9] = [
     "prompt_tokens",
     "requests",
     "reserved_usd",
+    "served_models",
     "total_cost_usd",
 ];
 
@@ -223,7 +224,10 @@ async fn provider_preferences_come_from_the_policy_and_the_env() {
         .set(&per_model, "order", json!(["anthropic"]));
     let run = gw.start(&spec).await.unwrap();
     let agent = json!({"order": ["Evil"], "allow_fallbacks": true, "zdr": false});
-    for model in [MODEL, MODEL_2] {
+    for (model, provider) in [(MODEL, "OpenAI"), (MODEL_2, "Anthropic")] {
+        // Served by a provider in the forced order (another would be a served-provider violation).
+        gw.fake
+            .set_chat(ChatScript::default().served_provider(provider));
         let mut body = chat(model);
         body["provider"] = agent.clone();
         let r = run.client().post_json(CHAT, &body).await.unwrap();

@@ -19,6 +19,7 @@ mod gateway_budget;
 mod gateway_cost;
 mod gateway_money;
 mod gateway_refusals;
+mod gateway_served;
 mod gateway_stream;
 mod limits;
 mod netns_e2e;

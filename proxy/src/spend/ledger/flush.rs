@@ -30,6 +30,7 @@ impl Ledger {
                 st.reserved,
                 &st.totals,
                 &st.models,
+                &st.served,
             )
         };
         let result = self.write_out(dir, &snapshot);

@@ -109,6 +109,8 @@ pub struct Settlement {
     pub error: Option<String>,
     /// The request's latency; default: time since the reservation.
     pub latency: Option<Duration>,
+    /// A served-model check the response broke (`model`, `provider`).
+    pub violation: Option<&'static str>,
 }
 
 impl Settlement {
@@ -125,6 +127,7 @@ impl Settlement {
             generation_id: None,
             error: None,
             latency: None,
+            violation: None,
         }
     }
 }
