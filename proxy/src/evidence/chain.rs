@@ -98,8 +98,11 @@ pub struct LlmTotals {
     pub requests: u64,
     /// Requests refused by the gateway.
     pub refused: u64,
-    /// By model (`-` when the request named none).
+    /// By requested model (`-` when the request named none).
     pub by_model: BTreeMap<String, ModelTotals>,
+    /// Forwarded requests by the model that served them (`unknown` when nothing named one).
+    #[serde(default)]
+    pub by_served_model: BTreeMap<String, ModelTotals>,
     /// The budget at the last start, micro-USD (`None`: none configured).
     pub budget_micros: Option<u64>,
     /// Charged in total, micro-USD.
@@ -330,6 +333,15 @@ impl Chain {
                 per.requests += 1;
                 per.charged_micros = per.charged_micros.saturating_add(r.charged_micros);
                 llm.spent_micros = llm.spent_micros.saturating_add(r.charged_micros);
+                if r.reason == "forwarded" {
+                    let served = r
+                        .served_model
+                        .clone()
+                        .unwrap_or_else(|| "unknown".to_owned());
+                    let per = llm.by_served_model.entry(served).or_default();
+                    per.requests += 1;
+                    per.charged_micros = per.charged_micros.saturating_add(r.charged_micros);
+                }
                 if r.overcharge_micros > 0 {
                     llm.overcharges += 1;
                     llm.overcharge_micros =

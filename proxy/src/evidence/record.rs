@@ -144,6 +144,9 @@ pub struct Observed {
 pub struct Llm {
     /// The model the request named (`None` when refused before the body was read).
     pub model: Option<String>,
+    /// The model that served it, as the response or the generation record named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
     /// The HTTP status the agent got.
     pub status: u16,
     /// `forwarded`, or the refusal's reason.

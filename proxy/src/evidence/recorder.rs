@@ -199,26 +199,9 @@ impl Recorder {
             source: source.to_owned(),
         }));
     }
-
-    /// Records one LLM request: the model it named, the status the agent got, `forwarded` or the
-    /// refusal's reason, and what it cost (micro-USD).
-    pub fn llm(
-        &self,
-        model: Option<&str>,
-        status: u16,
-        reason: &str,
-        charged_micros: u64,
-        overcharge_micros: u64,
-        violation: Option<&str>,
-    ) {
-        self.append(Record::Llm(Llm {
-            model: model.map(str::to_owned),
-            status,
-            reason: reason.to_owned(),
-            charged_micros,
-            overcharge_micros,
-            violation: violation.map(str::to_owned),
-        }));
+    /// Appends an LLM request's record.
+    pub fn llm(&self, record: Llm) {
+        self.append(Record::Llm(record));
     }
 
     /// The receipt for the chain as it stands.

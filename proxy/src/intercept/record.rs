@@ -10,6 +10,7 @@ use http::Method;
 
 use super::state::State;
 use crate::enforce::{Refusal, Violation};
+use crate::evidence::record::Llm;
 use crate::spend::{Micros, SettlementSource};
 
 /// Who asked for what, kept from the request's arrival to its line.
@@ -197,23 +198,27 @@ fn chain(state: &State, exit: &Exit<'_>) {
     let Some(evidence) = state.evidence.get() else {
         return;
     };
-    match (exit.kind, &exit.charge) {
-        (Kind::Refused, _) => {
-            evidence.llm(None, exit.status, exit.reason.unwrap_or("-"), 0, 0, None);
-        }
-        (Kind::Metered, Some(c)) => {
-            let model = Some(exit.model);
-            let violation = exit.violation.map(|v| v.kind.as_str());
-            // Forwarded (and paid for) even when withheld: the violation field says so.
-            evidence.llm(
-                model,
-                exit.status,
-                "forwarded",
-                c.charged.0,
-                c.overcharge.0,
-                violation,
-            );
-        }
-        _ => {}
-    }
+    let record = match (exit.kind, &exit.charge) {
+        (Kind::Refused, _) => Llm {
+            model: None,
+            served_model: None,
+            status: exit.status,
+            reason: exit.reason.unwrap_or("-").to_owned(),
+            charged_micros: 0,
+            overcharge_micros: 0,
+            violation: None,
+        },
+        // Forwarded (and paid for) even when withheld: the violation field says so.
+        (Kind::Metered, Some(c)) => Llm {
+            model: Some(exit.model.to_owned()),
+            served_model: exit.served_model.map(str::to_owned),
+            status: exit.status,
+            reason: "forwarded".to_owned(),
+            charged_micros: c.charged.0,
+            overcharge_micros: c.overcharge.0,
+            violation: exit.violation.map(|v| v.kind.as_str().to_owned()),
+        },
+        _ => return,
+    };
+    evidence.llm(record);
 }
