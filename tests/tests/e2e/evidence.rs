@@ -372,6 +372,13 @@ async fn llm_requests_are_chained_and_summed_by_model() {
     assert_eq!(llm["requests"], 2, "{receipt}");
     assert_eq!(llm["refused"], 1, "{receipt}");
     assert_eq!(llm["by_model"][MODEL]["requests"], 1, "{receipt}");
+    // The fake answers as the requested model; the refused request was served by nothing.
+    assert_eq!(llm["by_served_model"][MODEL]["requests"], 1, "{receipt}");
+    assert_eq!(
+        llm["by_served_model"].as_object().unwrap().len(),
+        1,
+        "{receipt}"
+    );
     assert_eq!(
         llm["by_model"][MODEL]["charged_micros"], llm["spent_micros"],
         "{receipt}"
