@@ -330,45 +330,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let metrics = Metrics::new();
     let ready = Arc::new(Readiness::default());
-    let recorder = match evidence::dir(args.evidence_dir.as_deref(), &policy.policy) {
-        Some(dir) => {
-            let ports: Vec<SocketAddr> = [
-                &args.listen,
-                &args.capture_listen,
-                &args.dns_listen,
-                &vec![args.usage_listen, args.admin_listen],
-            ]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect();
-            Some(evidence::open(
-                &dir,
-                &policy.policy,
-                &metrics,
-                &ports,
-                args.observe,
-                args.evidence_max_bytes.0 as u64,
-            )?)
-        }
-        None => None,
-    };
+    let recorder = open_evidence(&args, &policy, &metrics)?;
     let _receipt = recorder.clone().map(|recorder| evidence::ReceiptOnExit {
         recorder,
         termination_log: args.termination_log.clone(),
     });
     // A fresh key each start, before any port is bound: a squatter never sees one.
-    let probe = match ProbeKey::generate(&args.probe_secret_file) {
-        Ok(key) => Some(Arc::new(key)),
-        Err(error) => {
-            tracing::warn!(
-                %error,
-                path = %args.probe_secret_file.display(),
-                "cannot write the probe key; `tollgate probe` will report not ready"
-            );
-            None
-        }
-    };
+    let probe = probe_key(&args.probe_secret_file);
 
     // The admin port first, so that while any other port is still held by someone else,
     // `/readyz` is answered by tollgate itself: "not ready".
@@ -438,6 +406,50 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     server.observe = observe;
     server.run(shutdown).await?;
     Ok(())
+}
+
+/// Opens the hash-chained decision log when there is a directory for it (flag or data dir).
+fn open_evidence(
+    args: &RunArgs,
+    policy: &LoadedPolicy,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<evidence::Recorder>>> {
+    let Some(dir) = evidence::dir(args.evidence_dir.as_deref(), &policy.policy) else {
+        return Ok(None);
+    };
+    let ports: Vec<SocketAddr> = [
+        &args.listen,
+        &args.capture_listen,
+        &args.dns_listen,
+        &vec![args.usage_listen, args.admin_listen],
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    Ok(Some(evidence::open(
+        &dir,
+        &policy.policy,
+        metrics,
+        &ports,
+        args.observe,
+        args.evidence_max_bytes.0 as u64,
+    )?))
+}
+
+/// Writes this start's probe key; without one `tollgate probe` reports not ready.
+fn probe_key(path: &Path) -> Option<Arc<ProbeKey>> {
+    match ProbeKey::generate(path) {
+        Ok(key) => Some(Arc::new(key)),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                path = %path.display(),
+                "cannot write the probe key; `tollgate probe` will report not ready"
+            );
+            None
+        }
+    }
 }
 
 /// Serves the admin port on each bound listener until `stop`; returns their ports.
