@@ -147,6 +147,10 @@ pub struct Llm {
     /// The model that served it, as the response or the generation record named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,
+    /// The provider that served it, as the response or the generation record named it (older
+    /// logs lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_provider: Option<String>,
     /// The HTTP status the agent got.
     pub status: u16,
     /// `forwarded`, or the refusal's reason.

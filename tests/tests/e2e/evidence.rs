@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use tollgate_tests::fake_openrouter::CHAT;
+use tollgate_tests::fake_openrouter::{CHAT, ChatScript};
 use tollgate_tests::fixture::Loopback;
 use tollgate_tests::gateway::{Gateway, MODEL, chat};
 use tollgate_tests::policy::PolicySpec;
@@ -470,4 +470,58 @@ async fn policy_versions_and_phase_changes_are_in_the_receipt() {
         (&"agent".into(), &"verification".into())
     );
     assert_eq!(phases[1].1, "label");
+}
+
+/// A request served by a fallback provider the recording policy allowed: replay under a
+/// candidate forcing `order = ["openai"]` without fallbacks counts it newly refused (the
+/// gateway's own served check), and under the recording policy it counts nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_flags_a_served_provider_the_candidate_forbids() {
+    let gw = Gateway::new().await.unwrap();
+    let spec = gw.spec();
+    let mut run = gw.start(&spec).await.unwrap();
+    gw.fake
+        .set_chat(ChatScript::default().served_provider("Azure"));
+    let ok = run.client().post_json(CHAT, &chat(MODEL)).await.unwrap();
+    assert_eq!(ok.status, 200, "{}\n{}", ok.text(), run.proxy.describe());
+    run.proxy.sigterm().unwrap();
+    assert!(
+        run.proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
+    let log = gw.data_dir().join(DECISIONS);
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        recorded.contains("\"served_provider\":\"Azure\""),
+        "{recorded}"
+    );
+    let log = log.to_str().unwrap();
+
+    let same = gw.data_dir().join("same.toml");
+    std::fs::write(&same, spec.to_toml()).unwrap();
+    let out = tollgate(&["replay", "--policy", same.to_str().unwrap(), log]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("newly refused: 0"),
+        "{}",
+        text(&out)
+    );
+
+    let strict = gw.data_dir().join("strict.toml");
+    let candidate = spec
+        .set("intercept.provider", "order", serde_json::json!(["openai"]))
+        .set("intercept.provider", "allow_fallbacks", false);
+    std::fs::write(&strict, candidate.to_toml()).unwrap();
+    let out = tollgate(&["replay", "--policy", strict.to_str().unwrap(), log]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("newly refused: 1"), "{}", text(&out));
+    assert!(
+        stdout.contains("served-provider:Azure  reason=served-provider-violation  count=1"),
+        "{}",
+        text(&out)
+    );
 }
