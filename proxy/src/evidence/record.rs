@@ -40,6 +40,24 @@ pub enum Record {
     Connection(Box<Connection>),
     /// One LLM request's outcome.
     Llm(Llm),
+    /// One DNS query observe mode decided twice (answered as verification; what the agent
+    /// phase would have decided beside it).
+    Dns(Dns),
+}
+
+/// One observed DNS query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// The query name as queried (trailing dot included; cut at 254 bytes, a name's limit).
+    pub name: String,
+    /// The query type (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The outcome it was answered with (the verification-phase decision).
+    pub answered: String,
+    /// The outcome the agent-phase policy would have given.
+    pub observed: String,
+    /// The rule behind that agent-phase outcome, if any.
+    pub rule: Option<String>,
 }
 
 /// A process start.
