@@ -318,6 +318,15 @@ async fn suggest_from_an_observed_run_passes_check_and_replays_with_nothing_refu
         serde_json::from_slice(&std::fs::read(dir.path().join("run_receipt.json")).unwrap())
             .unwrap();
     assert_eq!(receipt["dns_observed"]["not-allow-listed"], 1, "{receipt}");
+    let mut forged = receipt.clone();
+    forged["dns_observed"]["not-allow-listed"] = 0.into();
+    let copy = tampered(dir.path(), &lines(dir.path()));
+    std::fs::write(
+        copy.path().join("run_receipt.json"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .unwrap();
+    assert_fails_naming(copy.path(), "forged dns totals", "dns_observed");
     let log = dir.path().join(DECISIONS);
     let log = log.to_str().unwrap();
 
