@@ -93,8 +93,8 @@ pub enum Command {
         pod: String,
     },
     /// Wait until a task Pod is Running or has completed (exit 75 on timeout, 1 if it failed).
-    /// Once completed, the proxy's decision-log head (from its termination message) is recorded
-    /// as the Pod annotation tollgate.dev/decisions-head: the anchor for its run receipt.
+    /// Once completed or failed, the proxy's decision-log head (from its termination message) is
+    /// recorded as the Pod annotation tollgate.dev/decisions-head: the anchor for its run receipt.
     Wait {
         /// Pod name.
         pod: String,
@@ -560,16 +560,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Wait { pod, what, timeout } => {
             let api = pods(ns).await?;
-            match steer::wait(&api, &pod, what, timeout, Duration::from_secs(2)).await {
-                Ok(p) => {
-                    // A completed task: anchor its run receipt outside the Pod's reach.
-                    if what == WaitFor::Completed
-                        && let Some(head) = steer::decisions_head(&p)
-                    {
-                        steer::record_decisions_head(&api, &pod, &head).await?;
-                    }
-                    print_json(&StatusView::of(&p, label))?;
-                }
+            let poll = Duration::from_secs(2);
+            // A completed or failed task's run receipt is anchored outside the Pod's reach.
+            match steer::wait_and_anchor(&api, &pod, what, timeout, poll).await {
+                Ok(p) => print_json(&StatusView::of(&p, label))?,
                 Err(e @ steer::WaitError::Timeout { .. }) => return Err(Failure::Timeout(e)),
                 Err(e) => return Err(e.into()),
             }

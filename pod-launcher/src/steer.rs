@@ -214,6 +214,8 @@ pub enum WaitError {
         pod: String,
         /// Its phase.
         pod_phase: String,
+        /// The Pod as last read (a failed task ran too: its decision-log head is anchored).
+        last: Box<Pod>,
     },
     /// The API failed.
     #[error(transparent)]
@@ -241,6 +243,7 @@ pub async fn wait(
                 return Err(WaitError::Failed {
                     pod: name.to_owned(),
                     pod_phase: phase,
+                    last: Box::new(pod),
                 });
             }
             (WaitFor::Running, "Running" | "Succeeded") | (WaitFor::Completed, "Succeeded") => {
@@ -257,6 +260,29 @@ pub async fn wait(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// [`wait`], then anchors the run receipt outside the Pod's reach: the proxy's decision-log
+/// head is recorded as [`DECISIONS_HEAD_ANNOTATION`] once the task completed, and also when
+/// the Pod failed (its task ran, and its evidence matters as much). The wait's own result is
+/// returned unchanged; a failed annotation patch is returned as the API error it is.
+pub async fn wait_and_anchor(
+    pods: &Api<Pod>,
+    name: &str,
+    what: WaitFor,
+    timeout: Duration,
+    poll: Duration,
+) -> Result<Pod, WaitError> {
+    let waited = wait(pods, name, what, timeout, poll).await;
+    let ended = match &waited {
+        Ok(pod) if what == WaitFor::Completed => Some(pod),
+        Err(WaitError::Failed { last, .. }) => Some(&**last),
+        _ => None,
+    };
+    if let Some(head) = ended.and_then(decisions_head) {
+        record_decisions_head(pods, name, &head).await?;
+    }
+    waited
 }
 
 /// Log parameters for one container.

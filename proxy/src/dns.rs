@@ -146,6 +146,8 @@ pub struct Dns {
     log_suppressed: AtomicU64,
     /// Observe mode: the agent phase answers as verification (see `connection::Context::observe`).
     pub observe: bool,
+    /// Observe mode chains each observed query here (the recorder's size bound applies).
+    pub evidence: Option<Arc<crate::evidence::Recorder>>,
 }
 
 /// A query that needs the upstream, with its in-flight permit.
@@ -185,6 +187,7 @@ impl Dns {
             log_rate: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             log_suppressed: AtomicU64::new(0),
             observe: false,
+            evidence: None,
         }
     }
 
@@ -213,6 +216,25 @@ impl Dns {
         self.policy.load().dns.tcp_idle_timeout
     }
 
+    /// Chains an observed query: what it was answered with beside the agent-phase decision.
+    fn chain_observed(&self, query: &Query, answered: &decide::Verdict, agent: &decide::Verdict) {
+        let Some(evidence) = &self.evidence else {
+            return;
+        };
+        let mut name = query.question.name().to_ascii();
+        // A DNS name is at most 253 bytes (plus the root dot); longer input is not a name.
+        name.truncate(name.floor_char_boundary(254));
+        evidence.append(crate::evidence::record::Record::Dns(
+            crate::evidence::record::Dns {
+                name,
+                qtype: decide::qtype_label(query.qtype()).to_owned(),
+                answered: answered.outcome.as_str().to_owned(),
+                observed: agent.outcome.as_str().to_owned(),
+                rule: agent.rule.clone(),
+            },
+        ));
+    }
+
     /// Everything that needs no upstream: limits, parsing, the decision, local answers.
     pub fn step(&self, bytes: &[u8], peer: SocketAddr, transport: Transport) -> Step {
         let policy = self.policy.load_full();
@@ -237,13 +259,18 @@ impl Dns {
             }
         };
         let mut phase = self.phase.get();
+        let mut observed = None;
         if self.observe && phase == Phase::Agent {
             // Answer as verification would; log what the agent phase would have answered.
             let agent = decide::decide(&query, phase, &policy, &self.resolv.search);
             tracing::info!(%peer, name = %truncated_name(query.question.name().to_ascii()), observed = agent.outcome.as_str(), rule = agent.rule.as_deref().unwrap_or("-"), "dns observed");
             phase = Phase::Verification;
+            observed = Some(agent);
         }
         let verdict = decide::decide(&query, phase, &policy, &self.resolv.search);
+        if let Some(agent) = &observed {
+            self.chain_observed(&query, &verdict, agent);
+        }
         let qtype = decide::qtype_label(query.qtype());
         match verdict.action {
             Action::Local(code) => {

@@ -194,6 +194,7 @@ impl Server {
                 resolv,
             );
             stage.observe = observe;
+            stage.evidence = evidence.clone();
             let stage = Arc::new(stage);
             own_ports.extend(spawn_dns(dns, &stage, &metrics, &shutdown));
         }

@@ -792,3 +792,47 @@ async fn a_completed_tasks_decision_head_is_recorded_as_an_annotation() {
         .unwrap();
     script.await.unwrap();
 }
+
+/// A task that failed ran too: `wait --for completed` still reports the failure, after
+/// recording the proxy's decision-log head from its termination message.
+#[tokio::test(start_paused = true)]
+async fn a_failed_tasks_decision_head_is_recorded_too() {
+    let head = "cd".repeat(32);
+    let mut failed = pod_in_phase("Failed");
+    failed["status"]["initContainerStatuses"] = json!([{
+        "name": "tollgate-proxy", "image": "p", "imageID": "", "ready": false, "restartCount": 0,
+        "state": { "terminated": {
+            "exitCode": 0, "message": format!("decisions-head={head}\n")
+        } }
+    }]);
+    let get = format!("/api/v1/namespaces/{NS}/pods/{POD}");
+    let (client, script) = scripted(vec![
+        exchange(Method::GET, &get, failed.clone()),
+        Exchange {
+            content_type: Some("application/merge-patch+json"),
+            body: Some(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "annotations": { "tollgate.dev/decisions-head": head } }
+            })),
+            ..exchange(
+                Method::PATCH,
+                &format!("/api/v1/namespaces/{NS}/pods/{POD}?&fieldManager=tollgate-launch"),
+                failed,
+            )
+        },
+    ]);
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    let waited = steer::wait_and_anchor(
+        &pods,
+        POD,
+        WaitFor::Completed,
+        Duration::from_secs(3),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        matches!(waited, Err(WaitError::Failed { .. })),
+        "{waited:?}"
+    );
+    script.await.unwrap();
+}

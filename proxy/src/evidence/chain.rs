@@ -184,6 +184,9 @@ pub struct Summary {
     pub host_patterns: BTreeSet<String>,
     /// LLM totals.
     pub llm: LlmTotals,
+    /// Observed DNS queries (observe mode) by the agent-phase outcome.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dns_observed: BTreeMap<String, u64>,
 }
 
 /// The chain's state: the next expected seq and prev, and the summary so far.
@@ -322,6 +325,7 @@ impl Chain {
                     s.host_patterns.insert(rule.clone());
                 }
             }
+            Record::Dns(d) => *s.dns_observed.entry(d.observed.clone()).or_default() += 1,
             Record::Llm(r) => {
                 let llm = &mut s.llm;
                 llm.requests += 1;

@@ -40,6 +40,24 @@ pub enum Record {
     Connection(Box<Connection>),
     /// One LLM request's outcome.
     Llm(Llm),
+    /// One DNS query observe mode decided twice (answered as verification; what the agent
+    /// phase would have decided beside it).
+    Dns(Dns),
+}
+
+/// One observed DNS query.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// The query name as queried (trailing dot included; cut at 254 bytes, a name's limit).
+    pub name: String,
+    /// The query type (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The outcome it was answered with (the verification-phase decision).
+    pub answered: String,
+    /// The outcome the agent-phase policy would have given.
+    pub observed: String,
+    /// The rule behind that agent-phase outcome, if any.
+    pub rule: Option<String>,
 }
 
 /// A process start.
@@ -147,6 +165,10 @@ pub struct Llm {
     /// The model that served it, as the response or the generation record named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,
+    /// The provider that served it, as the response or the generation record named it (older
+    /// logs lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_provider: Option<String>,
     /// The HTTP status the agent got.
     pub status: u16,
     /// `forwarded`, or the refusal's reason.

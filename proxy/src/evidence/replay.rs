@@ -1,7 +1,8 @@
 //! `tollgate replay`: decides recorded connections again under a candidate policy, with the
 //! proxy's own pure functions ([`route::decide_hello`], [`route::decide_capture`]), and reports
 //! what changes, grouped by host pattern and reason. Forwarded LLM requests are checked again
-//! against the candidate's model rules (`[intercept.models]`, the gateway's own check).
+//! against the candidate's model rules (`[intercept.models]`, the gateway's own check), and what
+//! served them against its served-model and provider rules (forced `order` without fallbacks).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use tollgate_policy::{Phase, Policy};
 
 use super::record::{self, Connection, Llm, Record};
 use crate::client_hello::{ClientHello, Encrypted};
+use crate::enforce::{ServedKind, check_served};
 use crate::route::{self, Decision, Route};
 
 /// How many example targets a group lists.
@@ -131,18 +133,36 @@ impl Replay {
     }
 
     /// A forwarded request whose model the candidate's model rules refuse is newly refused,
-    /// grouped under `model:<name>` and the rule's reason.
+    /// grouped under `model:<name>` and the rule's reason; so is one whose served model or
+    /// provider the candidate would flag (the gateway's own [`check_served`]; unless it was flagged
+    /// when recorded), grouped under
+    /// `served-model:<name>` or `served-provider:<name>`.
     fn llm(&mut self, r: &Llm, policy: &Policy) {
         let Some(model) = r.model.as_deref().filter(|_| r.reason == "forwarded") else {
             self.report.skipped_llm += 1;
             return;
         };
         self.report.replayed_llm += 1;
-        let Err(denied) = policy.gateway.models.check_all([model]) else {
-            return;
+        let (pattern, reason) = match policy.gateway.models.check_all([model]) {
+            Err(denied) => (format!("model:{model}"), denied.reason().to_owned()),
+            // Flagged then too: not newly refused.
+            Ok(_) if r.violation.is_some() => return,
+            Ok(_) => {
+                let (served_model, served_provider) =
+                    (r.served_model.as_deref(), r.served_provider.as_deref());
+                let Some(v) = check_served(&policy.gateway, model, served_model, served_provider)
+                else {
+                    return;
+                };
+                let pattern = match v.kind {
+                    ServedKind::Model => format!("served-model:{}", served_model.unwrap_or("-")),
+                    ServedKind::Provider => {
+                        format!("served-provider:{}", served_provider.unwrap_or("-"))
+                    }
+                };
+                (pattern, v.as_str().to_owned())
+            }
         };
-        let pattern = format!("model:{model}");
-        let reason = denied.reason().to_owned();
         let group = self
             .refused
             .entry((pattern.clone(), reason.clone()))

@@ -202,6 +202,7 @@ fn chain(state: &State, exit: &Exit<'_>) {
         (Kind::Refused, _) => Llm {
             model: None,
             served_model: None,
+            served_provider: None,
             status: exit.status,
             reason: exit.reason.unwrap_or("-").to_owned(),
             charged_micros: 0,
@@ -212,6 +213,7 @@ fn chain(state: &State, exit: &Exit<'_>) {
         (Kind::Metered, Some(c)) => Llm {
             model: Some(exit.model.to_owned()),
             served_model: exit.served_model.map(str::to_owned),
+            served_provider: exit.served_provider.map(str::to_owned),
             status: exit.status,
             reason: "forwarded".to_owned(),
             charged_micros: c.charged.0,

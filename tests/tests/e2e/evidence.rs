@@ -8,8 +8,10 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 use serde_json::Value;
-use tollgate_tests::fake_openrouter::CHAT;
+use tollgate_tests::fake_openrouter::{CHAT, ChatScript};
 use tollgate_tests::fixture::Loopback;
 use tollgate_tests::gateway::{Gateway, MODEL, chat};
 use tollgate_tests::policy::PolicySpec;
@@ -56,6 +58,10 @@ async fn record_run(lb: &Loopback, spec: &PolicySpec, dir: &Path, extra: &[&str]
     if observe {
         // Observe mode routes as verification: both tunnel, and record that agent would refuse.
         lb.assert_tunnels(&proxy, "other.test").await.unwrap();
+        // An HTTPS query is answered locally in both phases (nothing leaves loopback): empty
+        // as verification answers it, where the agent phase would refuse the name.
+        let rcode = dns_query(proxy.dns_addrs()[0], "other.test.", RecordType::HTTPS).await;
+        assert_eq!(rcode, ResponseCode::NoError, "{}", proxy.describe());
     } else {
         lb.assert_rejected(&proxy, "other.test").await.unwrap();
     }
@@ -72,6 +78,23 @@ async fn record_run(lb: &Loopback, spec: &PolicySpec, dir: &Path, extra: &[&str]
     let exit = proxy.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert!(exit.success(), "{}", proxy.describe());
     proxy
+}
+
+/// Sends one query over UDP to tollgate's DNS listener; the answer's response code.
+async fn dns_query(addr: std::net::SocketAddr, name: &str, qtype: RecordType) -> ResponseCode {
+    let mut query = Message::new(7, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket
+        .send_to(&query.to_vec().unwrap(), addr)
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer within 5s")
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap().metadata.response_code
 }
 
 fn lines(dir: &Path) -> Vec<String> {
@@ -278,6 +301,32 @@ async fn suggest_from_an_observed_run_passes_check_and_replays_with_nothing_refu
         "{}",
         proxy.describe()
     );
+    // The observed DNS query is chained with both decisions, and the receipt counts it.
+    let dns: Vec<Value> = lines(dir.path())
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "dns")
+        .collect();
+    assert_eq!(dns.len(), 1, "{dns:?}");
+    assert_eq!(dns[0]["name"], "other.test.", "{dns:?}");
+    assert_eq!(dns[0]["qtype"], "HTTPS", "{dns:?}");
+    assert_eq!(dns[0]["answered"], "empty-type", "{dns:?}");
+    assert_eq!(dns[0]["observed"], "not-allow-listed", "{dns:?}");
+    let out = verify(dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run_receipt.json")).unwrap())
+            .unwrap();
+    assert_eq!(receipt["dns_observed"]["not-allow-listed"], 1, "{receipt}");
+    let mut forged = receipt.clone();
+    forged["dns_observed"]["not-allow-listed"] = 0.into();
+    let copy = tampered(dir.path(), &lines(dir.path()));
+    std::fs::write(
+        copy.path().join("run_receipt.json"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .unwrap();
+    assert_fails_naming(copy.path(), "forged dns totals", "dns_observed");
     let log = dir.path().join(DECISIONS);
     let log = log.to_str().unwrap();
 
@@ -470,4 +519,58 @@ async fn policy_versions_and_phase_changes_are_in_the_receipt() {
         (&"agent".into(), &"verification".into())
     );
     assert_eq!(phases[1].1, "label");
+}
+
+/// A request served by a fallback provider the recording policy allowed: replay under a
+/// candidate forcing `order = ["openai"]` without fallbacks counts it newly refused (the
+/// gateway's own served check), and under the recording policy it counts nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_flags_a_served_provider_the_candidate_forbids() {
+    let gw = Gateway::new().await.unwrap();
+    let spec = gw.spec();
+    let mut run = gw.start(&spec).await.unwrap();
+    gw.fake
+        .set_chat(ChatScript::default().served_provider("Azure"));
+    let ok = run.client().post_json(CHAT, &chat(MODEL)).await.unwrap();
+    assert_eq!(ok.status, 200, "{}\n{}", ok.text(), run.proxy.describe());
+    run.proxy.sigterm().unwrap();
+    assert!(
+        run.proxy
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
+    let log = gw.data_dir().join(DECISIONS);
+    let recorded = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        recorded.contains("\"served_provider\":\"Azure\""),
+        "{recorded}"
+    );
+    let log = log.to_str().unwrap();
+
+    let same = gw.data_dir().join("same.toml");
+    std::fs::write(&same, spec.to_toml()).unwrap();
+    let out = tollgate(&["replay", "--policy", same.to_str().unwrap(), log]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("newly refused: 0"),
+        "{}",
+        text(&out)
+    );
+
+    let strict = gw.data_dir().join("strict.toml");
+    let candidate = spec
+        .set("intercept.provider", "order", serde_json::json!(["openai"]))
+        .set("intercept.provider", "allow_fallbacks", false);
+    std::fs::write(&strict, candidate.to_toml()).unwrap();
+    let out = tollgate(&["replay", "--policy", strict.to_str().unwrap(), log]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("newly refused: 1"), "{}", text(&out));
+    assert!(
+        stdout.contains("served-provider:Azure  reason=served-provider-violation  count=1"),
+        "{}",
+        text(&out)
+    );
 }
