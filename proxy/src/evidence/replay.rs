@@ -62,6 +62,22 @@ pub struct ReplayError {
     pub error: String,
 }
 
+/// Each record of one decisions file's text, in order; a line that does not parse names itself.
+pub fn records<'a>(
+    file: &'a str,
+    text: &'a str,
+) -> impl Iterator<Item = Result<Record, ReplayError>> + 'a {
+    text.lines().enumerate().map(move |(i, raw)| {
+        record::parse(raw)
+            .map(|line| line.record)
+            .map_err(|e| ReplayError {
+                file: file.to_owned(),
+                line: i + 1,
+                error: e.to_string(),
+            })
+    })
+}
+
 type Groups = BTreeMap<(String, String), Group>;
 
 /// Accumulates a replay over one or more decision files.
@@ -77,13 +93,8 @@ impl Replay {
     /// Replays every connection of one file's text under `policy`.
     pub fn file(&mut self, file: &str, text: &str, policy: &Policy) -> Result<(), ReplayError> {
         let mut own_ports = Vec::new();
-        for (i, raw) in text.lines().enumerate() {
-            let line = record::parse(raw).map_err(|e| ReplayError {
-                file: file.to_owned(),
-                line: i + 1,
-                error: e.to_string(),
-            })?;
-            match line.record {
+        for record in records(file, text) {
+            match record? {
                 Record::Start(start) => own_ports = start.own_ports,
                 Record::Connection(c) => self.connection(&c, policy, &own_ports),
                 Record::Llm(r) => self.llm(&r, policy),

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use super::record::{self, Connection, Record};
-use super::replay::ReplayError;
+use super::record::{Connection, Record};
+use super::replay::{ReplayError, records};
 use crate::route::Reason;
 
 /// What an observed run reached, accumulated over files.
@@ -24,13 +24,8 @@ pub struct Observed {
 impl Observed {
     /// Reads one decisions file's connection records.
     pub fn file(&mut self, file: &str, text: &str) -> Result<(), ReplayError> {
-        for (i, raw) in text.lines().enumerate() {
-            let line = record::parse(raw).map_err(|e| ReplayError {
-                file: file.to_owned(),
-                line: i + 1,
-                error: e.to_string(),
-            })?;
-            if let Record::Connection(c) = line.record {
+        for record in records(file, text) {
+            if let Record::Connection(c) = record? {
                 self.connection(&c);
             }
         }
