@@ -123,7 +123,12 @@ done
 
 # ---- 4. rendered task Pods -----------------------------------------------------------------
 step "tollgate-launch render"
-cargo build --quiet --locked -p tollgate-launch -p tollgate
+# The binaries `cargo test --workspace` already built (a no-op after the tests): a narrower
+# `cargo build -p …` resolves features differently and rebuilds much of the graph (~2 min in CI).
+if ! built="$(cargo test --workspace --locked --no-run --quiet 2>&1)"; then
+  echo "$built" >&2
+  exit 1
+fi
 launch=target/debug/tollgate-launch
 sha=0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9
 url='https://tasks.s3.amazonaws.com/t.tar.gz?X-Amz-Signature=0'
