@@ -3,6 +3,7 @@
 //! Captured connections (the catch-all port) skip the ClientHello: their original destination
 //! is all there is to decide on.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,8 @@ struct Outcome {
     /// The ECH/ESNI extension the hello carried (a decision input, for replay).
     encrypted: Option<client_hello::Encrypted>,
     /// Observe mode: the agent-phase decision that was not applied.
-    observed: Option<Decision>,
+    /// Boxed: it is set only in observe mode, and inline it would widen every tunnel's task.
+    observed: Option<Box<Decision>>,
 }
 
 impl Outcome {
@@ -167,53 +169,66 @@ impl Outcome {
 }
 
 /// Runs one accepted connection to completion and records it. `stop` cuts it at drain timeout.
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice, see below
+pub fn handle(
     listener: Listener,
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
     stop: CancellationToken,
-) {
-    let started = Instant::now();
-    ctx.metrics.open_connections.inc();
-    let _ = stream.set_nodelay(true);
-    let orig_dst = ctx.orig_dst.original_dst(&stream);
-    // Everything up to the copy runs boxed, and the box is freed before the copy starts: a
-    // future is as large as its largest state for as long as it lives, and the ClientHello read
-    // and the dial are far larger than the tunnel's copy. Unboxed, every idle tunnel kept room
-    // for them (issue 13).
-    let next = match listener {
-        Listener::Sni => Box::pin(serve(stream, orig_dst, &ctx, &stop)).await,
-        Listener::Capture => Box::pin(capture(stream, orig_dst, &ctx)).await,
-    };
-    let outcome = match next {
-        Next::Done(outcome) => *outcome,
-        Next::Splice(dialled) => {
-            let Dialled {
-                mut outcome,
-                client,
-                upstream,
-                replay,
-                idle,
-            } = *dialled;
-            let transfer = tunnel::splice(client, upstream, replay, idle, &stop, &ctx.counters);
-            let transfer = transfer.await;
-            outcome.bytes_up = transfer.up;
-            outcome.bytes_down = transfer.down;
-            outcome.end = transfer.end;
-            outcome
-        }
-    };
-    let evidence = ctx.evidence.as_deref();
-    record(
-        &ctx.metrics,
-        evidence,
-        &outcome,
-        peer,
-        orig_dst,
-        started.elapsed(),
-    );
-    ctx.metrics.open_connections.dec();
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`: it moves its arguments into locals, so the task would hold each one
+    // twice for the connection's life. An `async` block uses what it captured in place.
+    async move {
+        let started = Instant::now();
+        ctx.metrics.open_connections.inc();
+        let _ = stream.set_nodelay(true);
+        let orig_dst = ctx.orig_dst.original_dst(&stream);
+        // Everything up to the copy runs boxed, and the box is freed before the copy starts:
+        // a future is as large as its largest state for as long as it lives, and the
+        // ClientHello read and the dial are far larger than the tunnel's copy. Unboxed, every
+        // idle tunnel kept room for them (issue 13).
+        let next = match listener {
+            Listener::Sni => Box::pin(serve(stream, orig_dst, &ctx, &stop)).await,
+            Listener::Capture => Box::pin(capture(stream, orig_dst, &ctx)).await,
+        };
+        let outcome = match next {
+            Next::Done(outcome) => *outcome,
+            Next::Splice(dialled) => {
+                // Unboxed by a call: a box moved out of in place is freed only at the end of
+                // its scope, which is when the tunnel ends.
+                let Dialled {
+                    mut outcome,
+                    client,
+                    upstream,
+                    replay,
+                    idle,
+                } = unbox(dialled);
+                let transfer = tunnel::splice(client, upstream, replay, idle, &stop, &ctx.counters);
+                let transfer = transfer.await;
+                outcome.bytes_up = transfer.up;
+                outcome.bytes_down = transfer.down;
+                outcome.end = transfer.end;
+                outcome
+            }
+        };
+        let evidence = ctx.evidence.as_deref();
+        record(
+            &ctx.metrics,
+            evidence,
+            &outcome,
+            peer,
+            orig_dst,
+            started.elapsed(),
+        );
+        ctx.metrics.open_connections.dec();
+    }
+}
+
+/// Moves a value out of its box and frees the box now.
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed on return
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Where a connection stands once decided (and, for a tunnel, dialled).
@@ -340,7 +355,7 @@ async fn serve(
     let outcome = next.outcome_mut();
     outcome.decided = Some(decided);
     outcome.encrypted = encrypted;
-    outcome.observed = observed;
+    outcome.observed = observed.map(Box::new);
     next
 }
 
@@ -425,7 +440,7 @@ async fn capture(stream: TcpStream, orig_dst: Option<SocketAddr>, ctx: &Context)
     let mut next = capture_decided(stream, orig_dst, decision, phase, &policy, ctx).await;
     let outcome = next.outcome_mut();
     outcome.decided = Some(decided);
-    outcome.observed = observed;
+    outcome.observed = observed.map(Box::new);
     next
 }
 

@@ -18,12 +18,12 @@ fn returned6<A, B, C, D, E, F, R>(_: impl FnOnce(A, B, C, D, E, F) -> R) -> usiz
 fn an_idle_tunnel_holds_the_copy_state_not_the_hello_read_or_the_dial() {
     let connection = returned(handle);
     let copy = returned6(tunnel::splice);
-    // Before the hello read and the dial were boxed, the connection future was the size of its
-    // dial state (2,936 bytes in a debug build against a 1,696-byte copy); now it is the copy
-    // plus the connection's own fields (1,136 against 680).
+    // On 137e908 the connection future was the size of its dial state (2,936 bytes in a debug
+    // build, around a 1,696-byte copy); now it is the copy and the log line's fields (784
+    // around 472). The task cell adds about 200 bytes and rounds up to 128: 1,024 bytes now.
     assert!(
-        connection <= copy + 512,
+        connection <= copy + 384,
         "the connection future is {connection} bytes around a {copy}-byte copy"
     );
-    assert!(copy <= 768, "the copy future is {copy} bytes");
+    assert!(copy <= 512, "the copy future is {copy} bytes");
 }

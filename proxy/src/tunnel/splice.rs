@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -62,44 +62,36 @@ pub fn splice<'a>(
     stop: &'a CancellationToken,
     counters: &'a Counters,
 ) -> impl Future<Output = Transfer> + Send + 'a {
-    // Not an `async fn`: its arguments would stay in its state for the tunnel's life beside the
-    // [`Splice`] they were moved into. Built here, the sockets are held once.
-    run(Splice::new(client, upstream, replay), idle, stop, counters)
-}
-
-async fn run(
-    mut tunnel: Splice,
-    idle: Duration,
-    stop: &CancellationToken,
-    counters: &Counters,
-) -> Transfer {
-    let start = tunnel.last_read;
-    let idle_at = sleep_until(start + idle);
-    let cancelled = stop.cancelled();
-    tokio::pin!(idle_at, cancelled);
-    let end = poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready("drain-timeout");
-        }
-        if let Poll::Ready(end) = tunnel.poll_copy(cx, counters) {
-            return Poll::Ready(end);
-        }
-        // The timer is armed for the idle deadline as of the last time it fired; reads since
-        // then push the deadline on, so re-arm for it rather than end the tunnel.
-        while idle_at.as_mut().poll(cx).is_ready() {
-            let deadline = tunnel.last_read + idle;
-            if Instant::now() >= deadline {
-                return Poll::Ready("idle-timeout");
+    // Not an `async fn`: it moves its arguments into locals, so its state would hold each one
+    // twice for the tunnel's life. An `async` block uses what it captured in place.
+    let mut tunnel = Splice::new(client, upstream, replay);
+    async move {
+        let mut idle_at = pin!(sleep_until(tunnel.last_read + idle));
+        let mut cancelled = pin!(stop.cancelled());
+        let end = poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready("drain-timeout");
             }
-            idle_at.as_mut().reset(deadline);
+            if let Poll::Ready(end) = tunnel.poll_copy(cx, counters) {
+                return Poll::Ready(end);
+            }
+            // The timer is armed for the idle deadline as of the last time it fired; reads
+            // since then pushed the deadline on, so re-arm for it rather than end the tunnel.
+            while idle_at.as_mut().poll(cx).is_ready() {
+                let deadline = tunnel.last_read + idle;
+                if Instant::now() >= deadline {
+                    return Poll::Ready("idle-timeout");
+                }
+                idle_at.as_mut().reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await;
+        Transfer {
+            up: tunnel.up.total,
+            down: tunnel.down.total,
+            end,
         }
-        Poll::Pending
-    })
-    .await;
-    Transfer {
-        up: tunnel.up.total,
-        down: tunnel.down.total,
-        end,
     }
 }
 
