@@ -3,6 +3,7 @@
 //! Captured connections (the catch-all port) skip the ClientHello: their original destination
 //! is all there is to decide on.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,8 @@ struct Outcome {
     /// The ECH/ESNI extension the hello carried (a decision input, for replay).
     encrypted: Option<client_hello::Encrypted>,
     /// Observe mode: the agent-phase decision that was not applied.
-    observed: Option<Decision>,
+    /// Boxed: it is set only in observe mode, and inline it would widen every tunnel's task.
+    observed: Option<Box<Decision>>,
 }
 
 impl Outcome {
@@ -138,27 +140,9 @@ impl Outcome {
         outcome
     }
 
-    /// A tunnel that ran: its decision stands, with what it carried and how it ended.
-    fn spliced(
-        listener: Listener,
-        phase: Phase,
-        sni: Option<String>,
-        decision: Decision,
-        transfer: tunnel::Transfer,
-    ) -> Self {
-        Self {
-            listener,
-            sni,
-            phase,
-            decision,
-            bytes_up: transfer.up,
-            bytes_down: transfer.down,
-            end: transfer.end,
-            error: None,
-            decided: None,
-            encrypted: None,
-            observed: None,
-        }
+    /// A dialled tunnel, before it ran: its decision stands; the copy fills in the rest.
+    fn spliced(listener: Listener, phase: Phase, sni: Option<String>, decision: Decision) -> Self {
+        Outcome::rejected(listener, phase, sni, decision, 0)
     }
 
     fn rejected(
@@ -185,31 +169,99 @@ impl Outcome {
 }
 
 /// Runs one accepted connection to completion and records it. `stop` cuts it at drain timeout.
-pub async fn handle(
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice, see below
+pub fn handle(
     listener: Listener,
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<Context>,
     stop: CancellationToken,
-) {
-    let started = Instant::now();
-    ctx.metrics.open_connections.inc();
-    let _ = stream.set_nodelay(true);
-    let orig_dst = ctx.orig_dst.original_dst(&stream);
-    let outcome = match listener {
-        Listener::Sni => serve(stream, orig_dst, &ctx, &stop).await,
-        Listener::Capture => capture(stream, orig_dst, &ctx, &stop).await,
-    };
-    let evidence = ctx.evidence.as_deref();
-    record(
-        &ctx.metrics,
-        evidence,
-        &outcome,
-        peer,
-        orig_dst,
-        started.elapsed(),
-    );
-    ctx.metrics.open_connections.dec();
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`: it moves its arguments into locals, so the task would hold each one
+    // twice for the connection's life. An `async` block uses what it captured in place.
+    async move {
+        let started = Instant::now();
+        ctx.metrics.open_connections.inc();
+        let _ = stream.set_nodelay(true);
+        let orig_dst = ctx.orig_dst.original_dst(&stream);
+        // Everything up to the copy runs boxed, and the box is freed before the copy starts:
+        // a future is as large as its largest state for as long as it lives, and the
+        // ClientHello read and the dial are far larger than the tunnel's copy. Unboxed, every
+        // idle tunnel kept room for them (issue 13).
+        let next = match listener {
+            Listener::Sni => Box::pin(serve(stream, orig_dst, &ctx, &stop)).await,
+            Listener::Capture => Box::pin(capture(stream, orig_dst, &ctx)).await,
+        };
+        let outcome = match next {
+            Next::Done(outcome) => *outcome,
+            Next::Splice(dialled) => {
+                // Unboxed by a call: a box moved out of in place is freed only at the end of
+                // its scope, which is when the tunnel ends.
+                let Dialled {
+                    mut outcome,
+                    client,
+                    upstream,
+                    replay,
+                    idle,
+                } = unbox(dialled);
+                let transfer = tunnel::splice(client, upstream, replay, idle, &stop, &ctx.counters);
+                let transfer = transfer.await;
+                outcome.bytes_up = transfer.up;
+                outcome.bytes_down = transfer.down;
+                outcome.end = transfer.end;
+                outcome
+            }
+        };
+        let evidence = ctx.evidence.as_deref();
+        record(
+            &ctx.metrics,
+            evidence,
+            &outcome,
+            peer,
+            orig_dst,
+            started.elapsed(),
+        );
+        ctx.metrics.open_connections.dec();
+    }
+}
+
+/// Moves a value out of its box and frees the box now.
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed on return
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// Where a connection stands once decided (and, for a tunnel, dialled).
+enum Next {
+    /// It ended (rejected, failed, or served by the interceptor).
+    Done(Box<Outcome>),
+    /// A tunnel is dialled and the copy is what is left.
+    Splice(Box<Dialled>),
+}
+
+impl Next {
+    /// The log line's fields, whichever way the connection went.
+    fn outcome_mut(&mut self) -> &mut Outcome {
+        match self {
+            Next::Done(outcome) => outcome,
+            Next::Splice(dialled) => &mut dialled.outcome,
+        }
+    }
+}
+
+impl From<Outcome> for Next {
+    fn from(outcome: Outcome) -> Self {
+        Next::Done(Box::new(outcome))
+    }
+}
+
+/// A dialled tunnel: the two sockets, what to replay upstream, and its log line so far.
+struct Dialled {
+    outcome: Outcome,
+    client: TcpStream,
+    upstream: TcpStream,
+    replay: Vec<u8>,
+    idle: Duration,
 }
 
 /// Records a connection turned away at accept (before any byte was read).
@@ -234,7 +286,7 @@ async fn serve(
     orig_dst: Option<SocketAddr>,
     ctx: &Context,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Next {
     let read = tokio::select! {
         read = client_hello::read(&mut stream, ctx.hello_timeout) => read,
         _ = stop.cancelled() => Err(client_hello::HelloError::Timeout),
@@ -250,7 +302,7 @@ async fn serve(
             let decision = Decision::reject(route::Reason::Hello(reason));
             let mut outcome = Outcome::rejected(Listener::Sni, ctx.phase.get(), None, decision, 0);
             outcome.error = Some(error.to_string());
-            return outcome;
+            return outcome.into();
         }
     };
     // One snapshot per connection: a reload mid-connection changes nothing for it.
@@ -263,16 +315,16 @@ async fn serve(
         observed.as_ref().unwrap_or(&decision).route,
         hello.encrypted,
     );
-    let mut outcome = match decision.route {
+    let mut next = match decision.route {
         Route::Reject => {
             let error = ech_refusal(&ctx.metrics, &decision, hello.encrypted);
             let sni = Some(hello.sni);
             let mut outcome =
                 Outcome::rejected(Listener::Sni, phase, sni, decision, raw.len() as u64);
             outcome.error = error;
-            outcome
+            outcome.into()
         }
-        Route::Tunnel => tunnel(stream, raw, hello, decision, phase, &policy, ctx, stop).await,
+        Route::Tunnel => tunnel(stream, raw, hello, decision, phase, &policy, ctx).await,
         Route::Intercept => {
             let sni = hello.sni.clone();
             let conn = Intercepted {
@@ -297,12 +349,14 @@ async fn serve(
                 encrypted: None,
                 observed: None,
             }
+            .into()
         }
     };
+    let outcome = next.outcome_mut();
     outcome.decided = Some(decided);
     outcome.encrypted = encrypted;
-    outcome.observed = observed;
-    outcome
+    outcome.observed = observed.map(Box::new);
+    next
 }
 
 /// Decides in `phase`; in observe mode the agent phase is decided as verification, and the
@@ -338,7 +392,7 @@ fn ech_refusal(
     ))
 }
 
-#[allow(clippy::too_many_arguments)] // the stage's inputs, each used once
+/// Dials an SNI tunnel's host; the copy is left to [`handle`].
 async fn tunnel(
     stream: TcpStream,
     raw: Vec<u8>,
@@ -347,8 +401,7 @@ async fn tunnel(
     phase: Phase,
     policy: &Policy,
     ctx: &Context,
-    stop: &CancellationToken,
-) -> Outcome {
+) -> Next {
     // Only the name outlives the dial: the rest of the hello is freed before the tunnel idles.
     let ClientHello { sni, .. } = hello;
     let rule = policy.host_rule(&sni);
@@ -358,35 +411,37 @@ async fn tunnel(
         pin: rule.map_or(&[], |r| r.pin.as_slice()),
         allow_ranges: rule.map_or(&[], |r| r.allow_ranges.as_slice()),
     };
-    let upstream =
-        match tunnel::dial(target, ctx.resolver.as_ref(), policy.tunnel.connect_timeout).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                return Outcome::dial_failed(Listener::Sni, phase, Some(sni), decision, &error);
-            }
-        };
-    let idle = policy.tunnel.idle_timeout;
-    let transfer = tunnel::splice(stream, upstream, raw, idle, stop, &ctx.counters).await;
-    Outcome::spliced(Listener::Sni, phase, Some(sni), decision, transfer)
+    let upstream = match tunnel::dial(target, ctx.resolver.as_ref(), policy.tunnel.connect_timeout)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            let outcome = Outcome::dial_failed(Listener::Sni, phase, Some(sni), decision, &error);
+            return outcome.into();
+        }
+    };
+    Next::Splice(Box::new(Dialled {
+        outcome: Outcome::spliced(Listener::Sni, phase, Some(sni), decision),
+        client: stream,
+        upstream,
+        replay: raw,
+        idle: policy.tunnel.idle_timeout,
+    }))
 }
 
 /// A captured connection: decided by its original destination, then passed through to it.
-async fn capture(
-    stream: TcpStream,
-    orig_dst: Option<SocketAddr>,
-    ctx: &Context,
-    stop: &CancellationToken,
-) -> Outcome {
+async fn capture(stream: TcpStream, orig_dst: Option<SocketAddr>, ctx: &Context) -> Next {
     let policy = ctx.policy.load_full();
     let phase = ctx.phase.get();
     let (decision, observed) = observe(ctx.observe, phase, |p| {
         route::decide_capture(orig_dst, p, &policy, &ctx.own_ports)
     });
     let decided = observed.as_ref().unwrap_or(&decision).route;
-    let mut outcome = capture_decided(stream, orig_dst, decision, phase, &policy, ctx, stop).await;
+    let mut next = capture_decided(stream, orig_dst, decision, phase, &policy, ctx).await;
+    let outcome = next.outcome_mut();
     outcome.decided = Some(decided);
-    outcome.observed = observed;
-    outcome
+    outcome.observed = observed.map(Box::new);
+    next
 }
 
 /// A captured connection once decided: rejected, or passed through to its destination.
@@ -397,8 +452,7 @@ async fn capture_decided(
     phase: Phase,
     policy: &Policy,
     ctx: &Context,
-    stop: &CancellationToken,
-) -> Outcome {
+) -> Next {
     let dst = match (decision.route, orig_dst) {
         (Route::Tunnel, Some(dst)) => dst,
         _ => {
@@ -415,19 +469,23 @@ async fn capture_decided(
             }
             let mut outcome = Outcome::rejected(Listener::Capture, phase, None, decision, 0);
             outcome.error = error;
-            return outcome;
+            return outcome.into();
         }
     };
     let deadline = Instant::now() + policy.tunnel.connect_timeout;
     let upstream = match tunnel::connect(dst, deadline).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            return Outcome::dial_failed(Listener::Capture, phase, None, decision, &error);
+            return Outcome::dial_failed(Listener::Capture, phase, None, decision, &error).into();
         }
     };
-    let idle = policy.tunnel.idle_timeout;
-    let transfer = tunnel::splice(stream, upstream, Vec::new(), idle, stop, &ctx.counters).await;
-    Outcome::spliced(Listener::Capture, phase, None, decision, transfer)
+    Next::Splice(Box::new(Dialled {
+        outcome: Outcome::spliced(Listener::Capture, phase, None, decision),
+        client: stream,
+        upstream,
+        replay: Vec::new(),
+        idle: policy.tunnel.idle_timeout,
+    }))
 }
 
 fn record(
@@ -501,3 +559,6 @@ fn evidence_line(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;
