@@ -6,7 +6,7 @@
 //! - [`record`]: the line format (one serde type per record kind).
 //! - [`chain`]: the hash chain and the fold that turns lines into a [`chain::Summary`]; used by
 //!   the writer, by restart and by `tollgate verify-receipt`, so all three agree by construction.
-//! - [`recorder`]: the single writer (a mutex'd file), restart-safe.
+//! - [`recorder`]: the single writer (a queue to one writer thread), restart-safe.
 //! - [`receipt`]: `run_receipt.json`, and its offline verification.
 //! - [`replay`]: re-decides recorded connections under a candidate policy (`tollgate replay`).
 //! - [`suggest`]: a minimal policy from an observe-mode run (`tollgate suggest`).

@@ -27,7 +27,7 @@ fn build(n: u8) -> Vec<String> {
     let mut lines = Vec::new();
     for i in 0..n {
         let record = if i == 0 { start("run-1") } else { policy(i) };
-        let line = chain.line(1000 + u64::from(i), record).unwrap();
+        let line = serde_json::to_string(&chain.next_line(1000 + u64::from(i), record)).unwrap();
         chain.push(&line).unwrap();
         lines.push(line);
     }
@@ -136,7 +136,7 @@ mod props {
             for (i, record) in std::iter::once(start("r")).chain(
                 records.into_iter().map(|(s, b, r)| connection(s, b, r))).enumerate()
             {
-                let line = chain.line(i as u64, record).unwrap();
+                let line = serde_json::to_string(&chain.next_line(i as u64, record)).unwrap();
                 chain.push(&line).unwrap();
                 text.push_str(&line);
                 text.push('\n');
