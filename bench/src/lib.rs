@@ -3,7 +3,7 @@
 //! Layout (one run, top to bottom):
 //!
 //! ```text
-//! pki → origin → targets { direct | tollgate | tollgate-nolog | haproxy | haproxy-1t | candidate }
+//! pki → origin → targets { direct | tollgate | tollgate-nolog | tollgate-1t | haproxy | haproxy-1t | candidate }
 //!              → rounds × scenarios × targets (interleaved) → load::measure → report
 //! ```
 //!
@@ -55,6 +55,11 @@ pub struct Config {
     pub haproxy_bin: Option<PathBuf>,
     /// Another tollgate build to measure as [`Kind::Candidate`]; `None` skips it.
     pub candidate_bin: Option<PathBuf>,
+    /// Extra flags for the candidate (e.g. `--runtime shared` to A/B a setting).
+    pub candidate_args: Vec<String>,
+    /// Every tollgate writes its hash-chained decision log, as the sidecar does when its
+    /// gateway runs (binaries without `--evidence-dir` run without).
+    pub evidence: bool,
     /// HAProxy tuning.
     pub haproxy: HaproxySettings,
     /// A sample taken while other processes kept more than this share of the machine busy
@@ -74,6 +79,11 @@ pub async fn run(config: &Config, mut progress: impl FnMut(&str)) -> Result<Repo
         .await
         .context("starting the origin")?;
     let mut notes = Vec::new();
+    if config.evidence {
+        notes.push(
+            "every tollgate writes its hash-chained decision log (--evidence-dir), as the sidecar does when its gateway runs; --no-evidence turns it off".to_owned(),
+        );
+    }
     let targets = start_targets(config, origin.addr, &mut notes, &mut progress).await?;
 
     // Only the target being measured runs; the other proxies are paused.
@@ -149,7 +159,7 @@ async fn start_targets(
                 targets.push(Target::direct(origin));
                 continue;
             }
-            Kind::Tollgate | Kind::TollgateNoLog => Some(&config.tollgate_bin),
+            Kind::Tollgate | Kind::TollgateNoLog | Kind::Tollgate1T => Some(&config.tollgate_bin),
             Kind::Candidate => config.candidate_bin.as_ref(),
             Kind::Haproxy | Kind::Haproxy1T => config.haproxy_bin.as_ref(),
         };
@@ -165,7 +175,12 @@ async fn start_targets(
         let target = if is_haproxy {
             Target::haproxy(bin, origin, config.haproxy, kind).await
         } else {
-            Target::tollgate(bin, origin, kind).await
+            let extra = match kind {
+                Kind::Tollgate1T => vec!["--worker-threads".to_owned(), "1".to_owned()],
+                Kind::Candidate => config.candidate_args.clone(),
+                _ => Vec::new(),
+            };
+            Target::tollgate_with_options(bin, origin, kind, &extra, config.evidence).await
         };
         targets.push(target.with_context(|| format!("starting {}", bin.display()))?);
     }
@@ -211,7 +226,7 @@ fn log_notes(targets: &[Target], notes: &mut Vec<String>) {
     let tollgates = targets.iter().filter(|t| {
         matches!(
             t.kind,
-            Kind::Tollgate | Kind::TollgateNoLog | Kind::Candidate
+            Kind::Tollgate | Kind::TollgateNoLog | Kind::Tollgate1T | Kind::Candidate
         )
     });
     for target in tollgates {
@@ -290,6 +305,8 @@ impl Config {
             tollgate_bin,
             haproxy_bin,
             candidate_bin: None,
+            candidate_args: Vec::new(),
+            evidence: true,
             haproxy: HaproxySettings {
                 nbthread: 2,
                 splice: false,

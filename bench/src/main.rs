@@ -35,7 +35,8 @@ struct Cli {
     /// Scenarios, comma-separated: throughput, small, newconn.
     #[arg(long, value_delimiter = ',', default_values = ["throughput", "small", "newconn"])]
     scenarios: Vec<String>,
-    /// Targets, comma-separated: direct, tollgate, tollgate-nolog, haproxy, haproxy-1t, candidate
+    /// Targets, comma-separated: direct, tollgate, tollgate-nolog, tollgate-1t (`--worker-threads
+    /// 1`), haproxy, haproxy-1t, candidate
     /// (`candidate` runs when --candidate-bin is given, whatever this list says).
     #[arg(long, value_delimiter = ',', default_values = ["direct", "tollgate", "tollgate-nolog", "haproxy", "haproxy-1t"])]
     targets: Vec<String>,
@@ -48,6 +49,13 @@ struct Cli {
     /// Another tollgate build to measure as target `candidate` (A/B an optimisation).
     #[arg(long)]
     candidate_bin: Option<PathBuf>,
+    /// Extra flags for the candidate, space-separated (e.g. `--runtime shared`).
+    #[arg(long, allow_hyphen_values = true)]
+    candidate_args: Option<String>,
+    /// Run tollgate without its decision log (by default each writes one, as the sidecar does
+    /// when its gateway runs).
+    #[arg(long)]
+    no_evidence: bool,
     /// HAProxy `nbthread` of target `haproxy` (`haproxy-1t` always has 1; see BENCHMARKS.md).
     #[arg(long, default_value_t = 2)]
     haproxy_nbthread: u32,
@@ -110,6 +118,12 @@ fn config(cli: Cli) -> Result<Config, String> {
     let haproxy_bin = cli.haproxy_bin.or_else(|| target::find_on_path("haproxy"));
     let mut config = Config::new(tollgate_bin, haproxy_bin);
     config.candidate_bin = cli.candidate_bin;
+    config.candidate_args = cli
+        .candidate_args
+        .as_deref()
+        .map(|a| a.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    config.evidence = !cli.no_evidence;
     config.max_other_load = cli.max_other_load / 100.0;
     config.noisy_retries = cli.noisy_retries;
     config.load.duration = cli.duration;

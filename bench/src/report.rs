@@ -174,6 +174,7 @@ impl Report {
             (Kind::Tollgate, Base::BestHaproxy),
             (Kind::TollgateNoLog, Base::Of(Kind::Direct)),
             (Kind::TollgateNoLog, Base::BestHaproxy),
+            (Kind::Tollgate1T, Base::BestHaproxy),
             (Kind::Candidate, Base::Of(Kind::Tollgate)),
             (Kind::Candidate, Base::BestHaproxy),
         ];

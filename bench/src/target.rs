@@ -28,6 +28,8 @@ pub enum Kind {
     Tollgate,
     /// tollgate with the per-connection line filtered out (`tollgate::connection=warn`).
     TollgateNoLog,
+    /// tollgate with `--worker-threads 1`: one thread serves every connection.
+    Tollgate1T,
     /// HAProxy in `mode tcp`, routing on `req.ssl_sni`, `nbthread` from the settings (2).
     Haproxy,
     /// The same with `nbthread 1`: HAProxy's best for new connections on two cores, while two
@@ -39,10 +41,11 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Direct,
         Kind::Tollgate,
         Kind::TollgateNoLog,
+        Kind::Tollgate1T,
         Kind::Haproxy,
         Kind::Haproxy1T,
         Kind::Candidate,
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Tollgate => "tollgate",
             Kind::TollgateNoLog => "tollgate-nolog",
+            Kind::Tollgate1T => "tollgate-1t",
             Kind::Haproxy => "haproxy",
             Kind::Haproxy1T => "haproxy-1t",
             Kind::Candidate => "candidate",
@@ -123,6 +127,19 @@ impl Target {
         kind: Kind,
         extra: &[String],
     ) -> Result<Target> {
+        Self::tollgate_with_options(bin, origin, kind, extra, false).await
+    }
+
+    /// [`Target::tollgate_with_args`], and with `evidence` the hash-chained decision log on
+    /// (`--evidence-dir` in the target's directory, uncapped for the run), as in a Pod whose
+    /// gateway runs, when `bin` has the flag.
+    pub async fn tollgate_with_options(
+        bin: &Path,
+        origin: SocketAddr,
+        kind: Kind,
+        extra: &[String],
+        evidence: bool,
+    ) -> Result<Target> {
         let log_connections = kind != Kind::TollgateNoLog;
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-")
@@ -156,6 +173,11 @@ impl Target {
         }
         if help_mentions(bin, "--dns-listen") {
             cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        }
+        if evidence && help_mentions(bin, "--evidence-dir") {
+            cmd.arg("--evidence-dir")
+                .arg(dir.path().join("evidence"))
+                .args(["--evidence-max-bytes", "4GiB"]);
         }
         cmd.args(extra);
         // The caller's environment must not reconfigure the proxy behind the benchmark's back.

@@ -205,7 +205,7 @@ async fn run(cli: Cli) -> Result<()> {
     kinds.retain(|k| match k {
         Kind::Haproxy | Kind::Haproxy1T => haproxy_bin.is_some(),
         Kind::Candidate => cli.candidate_bin.is_some(),
-        Kind::Direct | Kind::TollgateNoLog => false,
+        Kind::Direct | Kind::TollgateNoLog | Kind::Tollgate1T => false,
         Kind::Tollgate => true,
     });
     let hello = client_hello()?;
