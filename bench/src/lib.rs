@@ -55,7 +55,7 @@ pub struct Config {
     pub haproxy_bin: Option<PathBuf>,
     /// Another tollgate build to measure as [`Kind::Candidate`]; `None` skips it.
     pub candidate_bin: Option<PathBuf>,
-    /// Extra flags for the candidate (e.g. `--runtime shared` to A/B a setting).
+    /// Extra flags for the candidate (e.g. `--worker-threads 1` to A/B a setting).
     pub candidate_args: Vec<String>,
     /// Every tollgate writes its hash-chained decision log, as the sidecar does when its
     /// gateway runs (binaries without `--evidence-dir` run without).

@@ -49,7 +49,7 @@ struct Cli {
     /// Another tollgate build to measure as target `candidate` (A/B an optimisation).
     #[arg(long)]
     candidate_bin: Option<PathBuf>,
-    /// Extra flags for the candidate, space-separated (e.g. `--runtime shared`).
+    /// Extra flags for the candidate, space-separated (e.g. `--worker-threads 1`).
     #[arg(long, allow_hyphen_values = true)]
     candidate_args: Option<String>,
     /// Run tollgate without its decision log (by default each writes one, as the sidecar does
