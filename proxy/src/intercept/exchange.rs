@@ -64,7 +64,7 @@ async fn admit(
     let endpoint = enforce::endpoint(req.method(), req.uri().path(), g)?;
     let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
     state.workspace.check(g)?;
-    rate_limit(state, sni)?;
+    rate_limit(state, &info.sni)?;
     let permit = slot(state).await?;
 
     let (parts, body) = req.into_parts();
@@ -91,7 +91,7 @@ async fn admit(
     let mut value = Value::Object(admitted.body);
     // The upstream reads the body as re-serialised, which can be longer than the agent's
     // (`1e9` becomes `1000000000.0`): bound the prompt by the longer of the two.
-    let forwarded_len = serde_json::to_vec(&value).map_or(0, |v| v.len());
+    let forwarded_len = serialized_len(&value);
     let shape = RequestShape::from_json(&value, bytes.len().max(forwarded_len), output)
         .map_err(|e| estimate_refusal(e, g))?;
     let meta = RequestMeta {
@@ -104,7 +104,8 @@ async fn admit(
     });
     let (reservation, quote) = reserved.map_err(|e| reserve_refusal(e, g, &state.ledger, &meta))?;
     estimate::apply(&quote, output, &mut value);
-    let body = serde_json::to_vec(&value).map_err(Refusal::internal)?;
+    let mut body = Vec::with_capacity(forwarded_len + FORWARD_SLACK);
+    serde_json::to_writer(&mut body, &value).map_err(Refusal::internal)?;
     let request = forward
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -112,6 +113,25 @@ async fn admit(
     metered.model = meta.model;
     metered.stream = admitted.stream;
     Ok(settle::forward_metered(state.clone(), request, reservation, metered).await)
+}
+
+/// Room for what [`estimate::apply`] adds to the body (`max_price`, the output cap).
+const FORWARD_SLACK: usize = 256;
+
+/// The length `value` serialises to, counted without building the bytes.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
 }
 
 /// Requests beyond the concurrency cap wait for a slot, for a bounded time.
@@ -146,8 +166,8 @@ fn forward_head(
     forward
 }
 
-fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {
-    match state.limiter.check_key(&sni.to_owned()) {
+fn rate_limit(state: &State, sni: &Arc<str>) -> Result<(), Refusal> {
+    match state.limiter.check_key(sni) {
         Ok(()) => Ok(()),
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
