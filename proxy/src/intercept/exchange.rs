@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -34,25 +34,86 @@ pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> 
         path: req.uri().path().to_owned(),
         started: Instant::now(),
     });
-    match admit(&state, &info, req).await {
+    let (parts, mut body) = req.into_parts();
+    match admit(&state, &info, parts, &mut body).await {
         Ok(response) => response,
         Err(refusal) => {
             record::record(&state, &info, &Exit::refused(&refusal));
-            settle::full(refusal.response())
+            // The refusal may come before the body was read. Over h2, an agent still sending
+            // it may not read an early answer at all (curl 7.88 fails the upload with "(92)
+            // Stream error in the HTTP/2 framing layer"): read and discard what it sends, within
+            // bounds, so it finishes sending and reads the refusal. What is left unread is
+            // dropped after the answer, which h2 turns into the RST_STREAM(NO_ERROR) RFC 9113
+            // §8.1 provides for an early response (dropped before, it was a CANCEL).
+            drain(&mut body).await;
+            settle::full(refusal.response()).map(|answer| {
+                AfterAnswer {
+                    answer,
+                    _request: body,
+                }
+                .boxed()
+            })
         }
+    }
+}
+
+/// At most this much of a refused request's body is read and discarded before the refusal.
+const DRAIN_BYTES: usize = 1 << 20;
+/// For at most this long.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads and discards what remains of a refused request's body, within [`DRAIN_BYTES`] and
+/// [`DRAIN_WAIT`] (a refusal is never held up by more).
+async fn drain(body: &mut Incoming) {
+    let discard = async {
+        let mut seen = 0usize;
+        while seen <= DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, discard).await;
+}
+
+/// A response body that keeps the request's unread body until the response is sent.
+struct AfterAnswer {
+    answer: Body,
+    _request: Incoming,
+}
+
+impl hyper::body::Body for AfterAnswer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.answer.size_hint()
     }
 }
 
 async fn admit(
     state: &Arc<State>,
     info: &Arc<RequestInfo>,
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    body: &mut Incoming,
 ) -> Result<Response<Body>, Refusal> {
     let sni = &*info.sni;
     let policy = state.policy.load_full();
     let g = &policy.gateway;
-    enforce::check_authority(req.uri(), req.headers(), sni)?;
-    if req.method() == Method::GET && req.uri().path() == "/api/v1/usage" {
+    enforce::check_authority(&parts.uri, &parts.headers, sni)?;
+    if parts.method == Method::GET && parts.uri.path() == "/api/v1/usage" {
         let response = settle::usage_response(&state.ledger);
         record::record(
             state,
@@ -61,13 +122,12 @@ async fn admit(
         );
         return Ok(response);
     }
-    let endpoint = enforce::endpoint(req.method(), req.uri().path(), g)?;
-    let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
+    let endpoint = enforce::endpoint(&parts.method, parts.uri.path(), g)?;
+    let auth = enforce::authorize(&parts.headers, g, state.injected_key.as_deref())?;
     state.workspace.check(g)?;
     rate_limit(state, &info.sni)?;
     let permit = slot(state).await?;
 
-    let (parts, body) = req.into_parts();
     let forward = forward_head(&parts, g, &auth);
     let mut metered = Metered {
         endpoint,
@@ -181,7 +241,7 @@ fn rate_limit(state: &State, sni: &Arc<str>) -> Result<(), Refusal> {
 async fn read_body(
     state: &State,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: &mut Incoming,
     g: &GatewaySettings,
 ) -> Result<Held, Refusal> {
     let is_json = headers
