@@ -34,7 +34,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
-type Conn = http1::Connection<TokioIo<TlsStream<TcpStream>>, Full<Bytes>>;
+/// Boxed: the connection (TLS session, HTTP state) is kilobytes, and a lease moves in and out of
+/// the pool and the request's futures; moved inline, those copies were a visible share of the CPU.
+type Conn = Box<http1::Connection<TokioIo<TlsStream<TcpStream>>, Full<Bytes>>>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// Where a request goes: the pool key and what connecting needs.
@@ -119,7 +121,9 @@ impl Pool {
         loop {
             let (mut lease, pooled) = match self.checkout(&target.key) {
                 Some(lease) => (lease, true),
-                None => (self.connect(&target).await?, false),
+                // Boxed: the rare connect path would otherwise size (and slow the moves of)
+                // every request's future.
+                None => (Box::pin(self.connect(&target)).await?, false),
             };
             let sent = lease.sender.try_send_request(request);
             match lease.drive(sent).await {
@@ -181,7 +185,7 @@ impl Pool {
             pool: self.clone(),
             key: target.key.clone(),
             sender,
-            conn: Some(conn),
+            conn: Some(Box::new(conn)),
         })
     }
 
