@@ -140,9 +140,13 @@ impl Pool {
     /// An idle connection to `key` that is still open and ready for a request.
     fn checkout(self: &Arc<Self>, key: &Arc<str>) -> Option<Lease> {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(pos) = idle.iter().rposition(|i| i.key == *key) {
-            let mut entry = idle.swap_remove(pos);
+        loop {
+            // The lock is held only to take the entry, not while it is polled.
+            let mut entry = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let pos = idle.iter().rposition(|i| i.key == *key)?;
+                idle.swap_remove(pos)
+            };
             if entry.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
@@ -158,7 +162,6 @@ impl Pool {
                 conn: Some(entry.conn),
             });
         }
-        None
     }
 
     /// Resolves (the policy's pins, the address filter), connects, and runs the TLS and HTTP/1.1
