@@ -1,25 +1,16 @@
 //! The gateway's client to the real LLM API: TLS with the webpki roots (plus an optional extra
-//! CA, for tests), HTTP/2 when offered, pooled; the policy's address pins and the non-public
+//! CA, for tests), HTTP/1.1 keep-alive connections pooled in [`pool`]; the policy's address pins and the non-public
 //! address filter apply here exactly as they do to tunnels.
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::rt::TokioExecutor;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -28,8 +19,15 @@ use tollgate_policy::Policy;
 use crate::tunnel::address;
 use crate::tunnel::{Resolve, SystemResolver};
 
-/// The pooled HTTPS client the gateway forwards with.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector<PinnedResolver>>, Full<Bytes>>;
+mod pool;
+
+pub use pool::Lease;
+
+/// The pooled HTTPS client the gateway forwards with (HTTP/1.1 keep-alive; see [`pool`]).
+#[derive(Clone)]
+pub struct HttpsClient {
+    pool: Arc<pool::Pool>,
+}
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +48,12 @@ pub enum BuildError {
 /// Why an exchange with the upstream failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The request failed (connect, TLS, protocol).
+    /// No connection: resolve, connect or TLS failed (the request never left).
+    #[error("client error (Connect): {0}")]
+    Connect(String),
+    /// The request failed on an open connection (protocol, closed mid-way).
     #[error("request failed: {0}")]
-    Request(#[from] hyper_util::client::legacy::Error),
+    Request(#[from] hyper::Error),
     /// No response head, or no whole body, within the timeout.
     #[error("timed out")]
     Timeout,
@@ -64,30 +65,37 @@ pub enum FetchError {
 impl FetchError {
     /// Whether the request never reached the upstream (so it cannot have generated anything).
     pub fn is_connect(&self) -> bool {
-        matches!(self, FetchError::Request(e) if e.is_connect())
+        matches!(self, FetchError::Connect(_))
     }
 }
 
-/// Sends `request`, waiting at most `timeout` for the response head.
+/// Sends `request`, waiting at most `timeout` for the response head. The [`Lease`] drives the
+/// connection: read the body through [`read_limited`], or [`Lease::detach`] it first.
 pub async fn send(
     client: &HttpsClient,
     request: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<Response<hyper::body::Incoming>, FetchError> {
-    match tokio::time::timeout(timeout, client.request(request)).await {
-        Ok(response) => Ok(response?),
+) -> Result<(Response<hyper::body::Incoming>, Lease), FetchError> {
+    match tokio::time::timeout(timeout, client.pool.send(request)).await {
+        Ok(sent) => sent,
         Err(_) => Err(FetchError::Timeout),
     }
 }
 
-/// Reads a whole body of at most `limit` bytes within `timeout`.
-pub async fn read_limited<B>(body: B, limit: usize, timeout: Duration) -> Result<Bytes, FetchError>
-where
-    B: hyper::body::Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+/// Reads a whole body of at most `limit` bytes within `timeout`, driving its connection; the
+/// connection goes back to the pool when the body ended cleanly.
+pub async fn read_limited(
+    mut lease: Lease,
+    body: hyper::body::Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, FetchError> {
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect());
+    match lease.drive(read).await {
+        Ok(Ok(collected)) => {
+            lease.release();
+            Ok(collected.to_bytes())
+        }
         Ok(Err(error)) => Err(FetchError::Body(error.to_string())),
         Err(_) => Err(FetchError::Timeout),
     }
@@ -100,8 +108,9 @@ pub async fn fetch(
     timeout: Duration,
     limit: usize,
 ) -> Result<(http::response::Parts, Bytes), FetchError> {
-    let (parts, body) = send(client, request, timeout).await?.into_parts();
-    let bytes = read_limited(body, limit, timeout).await?;
+    let (response, lease) = send(client, request, timeout).await?;
+    let (parts, body) = response.into_parts();
+    let bytes = read_limited(lease, body, limit, timeout).await?;
     Ok((parts, bytes))
 }
 
@@ -130,25 +139,22 @@ pub fn client(
             roots.add(cert)?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut http = HttpConnector::new_with_resolver(PinnedResolver {
+    // HTTP/1.1 only: per request, a keep-alive connection driven in the request's own task
+    // cost less CPU and latency than one multiplexed h2 connection in a task of its own
+    // (BENCHMARKS.md, issue 13). OpenRouter speaks both.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let resolver = PinnedResolver {
         policy,
         system: SystemResolver,
-    });
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https))
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    Ok(HttpsClient {
+        pool: Arc::new(pool::Pool::new(connector, resolver, connect_timeout)),
+    })
 }
 
 /// Resolves upstream hosts the way tunnels do: the policy's pins first, else the system
@@ -159,40 +165,27 @@ pub struct PinnedResolver {
     system: SystemResolver,
 }
 
-impl tower_service::Service<Name> for PinnedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
+impl PinnedResolver {
+    /// The permitted addresses of `host` (port 0: the caller sets the URI's).
+    async fn resolve(&self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
         let policy = self.policy.load_full();
-        let system = self.system;
-        Box::pin(async move {
-            let host = name.as_str().to_ascii_lowercase();
-            let rule = policy.host_rule(&host);
-            // HttpConnector replaces the port with the URI's; 0 here is a placeholder.
-            let addrs: Vec<SocketAddr> = match rule.filter(|r| !r.pin.is_empty()) {
-                Some(rule) => rule.pin.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
-                None => system.resolve(&host, 0).await?,
-            };
-            let allowed = rule.map_or(&[][..], |r| r.allow_ranges.as_slice());
-            let permitted: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| address::permitted(a.ip(), allowed))
-                .collect();
-            if permitted.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{host} resolves only to non-public addresses the policy does not allow"
-                    ),
-                ));
-            }
-            Ok(permitted.into_iter())
-        })
+        let host = host.to_ascii_lowercase();
+        let rule = policy.host_rule(&host);
+        let addrs: Vec<SocketAddr> = match rule.filter(|r| !r.pin.is_empty()) {
+            Some(rule) => rule.pin.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+            None => self.system.resolve(&host, 0).await?,
+        };
+        let allowed = rule.map_or(&[][..], |r| r.allow_ranges.as_slice());
+        let permitted: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| address::permitted(a.ip(), allowed))
+            .collect();
+        if permitted.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{host} resolves only to non-public addresses the policy does not allow"),
+            ));
+        }
+        Ok(permitted)
     }
 }

@@ -159,6 +159,8 @@ struct State {
     lookups: Mutex<HashMap<String, u32>>,
     next_id: AtomicU64,
     connections: AtomicUsize,
+    /// Signalled to drop every open connection (accepting goes on).
+    close_all: tokio::sync::Notify,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -339,6 +341,12 @@ impl FakeOpenRouter {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Drops every open connection, as a server closing idle keep-alives does, and keeps
+    /// accepting new ones.
+    pub fn close_connections(&self) {
+        self.state.close_all.notify_waiters();
+    }
+
     /// Stops accepting and drops all connections.
     pub fn shutdown(&self) {
         self.token.cancel();
@@ -371,6 +379,7 @@ async fn accept_loop(
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             },
+            () = state.close_all.notified() => conns.abort_all(),
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }

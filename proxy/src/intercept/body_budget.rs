@@ -113,7 +113,7 @@ impl BodyBudget {
     /// budget for every byte, then for the estimated parse. The caller bounds the time.
     pub async fn read(
         &self,
-        mut body: Incoming,
+        body: &mut Incoming,
         limit: usize,
         declared: Option<usize>,
     ) -> Result<Held, ReadError> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -34,25 +34,86 @@ pub async fn serve(state: Arc<State>, sni: Arc<str>, req: Request<Incoming>) -> 
         path: req.uri().path().to_owned(),
         started: Instant::now(),
     });
-    match admit(&state, &info, req).await {
+    let (parts, mut body) = req.into_parts();
+    match admit(&state, &info, parts, &mut body).await {
         Ok(response) => response,
         Err(refusal) => {
             record::record(&state, &info, &Exit::refused(&refusal));
-            settle::full(refusal.response())
+            // The refusal may come before the body was read. Over h2, an agent still sending
+            // it may not read an early answer at all (curl 7.88 fails the upload with "(92)
+            // Stream error in the HTTP/2 framing layer"): read and discard what it sends, within
+            // bounds, so it finishes sending and reads the refusal. What is left unread is
+            // dropped after the answer, which h2 turns into the RST_STREAM(NO_ERROR) RFC 9113
+            // §8.1 provides for an early response (dropped before, it was a CANCEL).
+            drain(&mut body).await;
+            settle::full(refusal.response()).map(|answer| {
+                AfterAnswer {
+                    answer,
+                    _request: body,
+                }
+                .boxed()
+            })
         }
+    }
+}
+
+/// At most this much of a refused request's body is read and discarded before the refusal.
+const DRAIN_BYTES: usize = 1 << 20;
+/// For at most this long.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads and discards what remains of a refused request's body, within [`DRAIN_BYTES`] and
+/// [`DRAIN_WAIT`] (a refusal is never held up by more).
+async fn drain(body: &mut Incoming) {
+    let discard = async {
+        let mut seen = 0usize;
+        while seen <= DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, discard).await;
+}
+
+/// A response body that keeps the request's unread body until the response is sent.
+struct AfterAnswer {
+    answer: Body,
+    _request: Incoming,
+}
+
+impl hyper::body::Body for AfterAnswer {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.answer).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.answer.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.answer.size_hint()
     }
 }
 
 async fn admit(
     state: &Arc<State>,
     info: &Arc<RequestInfo>,
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    body: &mut Incoming,
 ) -> Result<Response<Body>, Refusal> {
     let sni = &*info.sni;
     let policy = state.policy.load_full();
     let g = &policy.gateway;
-    enforce::check_authority(req.uri(), req.headers(), sni)?;
-    if req.method() == Method::GET && req.uri().path() == "/api/v1/usage" {
+    enforce::check_authority(&parts.uri, &parts.headers, sni)?;
+    if parts.method == Method::GET && parts.uri.path() == "/api/v1/usage" {
         let response = settle::usage_response(&state.ledger);
         record::record(
             state,
@@ -61,13 +122,12 @@ async fn admit(
         );
         return Ok(response);
     }
-    let endpoint = enforce::endpoint(req.method(), req.uri().path(), g)?;
-    let auth = enforce::authorize(req.headers(), g, state.injected_key.as_deref())?;
+    let endpoint = enforce::endpoint(&parts.method, parts.uri.path(), g)?;
+    let auth = enforce::authorize(&parts.headers, g, state.injected_key.as_deref())?;
     state.workspace.check(g)?;
-    rate_limit(state, sni)?;
+    rate_limit(state, &info.sni)?;
     let permit = slot(state).await?;
 
-    let (parts, body) = req.into_parts();
     let forward = forward_head(&parts, g, &auth);
     let mut metered = Metered {
         endpoint,
@@ -91,7 +151,7 @@ async fn admit(
     let mut value = Value::Object(admitted.body);
     // The upstream reads the body as re-serialised, which can be longer than the agent's
     // (`1e9` becomes `1000000000.0`): bound the prompt by the longer of the two.
-    let forwarded_len = serde_json::to_vec(&value).map_or(0, |v| v.len());
+    let forwarded_len = serialized_len(&value);
     let shape = RequestShape::from_json(&value, bytes.len().max(forwarded_len), output)
         .map_err(|e| estimate_refusal(e, g))?;
     let meta = RequestMeta {
@@ -104,7 +164,8 @@ async fn admit(
     });
     let (reservation, quote) = reserved.map_err(|e| reserve_refusal(e, g, &state.ledger, &meta))?;
     estimate::apply(&quote, output, &mut value);
-    let body = serde_json::to_vec(&value).map_err(Refusal::internal)?;
+    let mut body = Vec::with_capacity(forwarded_len + FORWARD_SLACK);
+    serde_json::to_writer(&mut body, &value).map_err(Refusal::internal)?;
     let request = forward
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -112,6 +173,25 @@ async fn admit(
     metered.model = meta.model;
     metered.stream = admitted.stream;
     Ok(settle::forward_metered(state.clone(), request, reservation, metered).await)
+}
+
+/// Room for what [`estimate::apply`] adds to the body (`max_price`, the output cap).
+const FORWARD_SLACK: usize = 256;
+
+/// The length `value` serialises to, counted without building the bytes.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
 }
 
 /// Requests beyond the concurrency cap wait for a slot, for a bounded time.
@@ -146,8 +226,8 @@ fn forward_head(
     forward
 }
 
-fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {
-    match state.limiter.check_key(&sni.to_owned()) {
+fn rate_limit(state: &State, sni: &Arc<str>) -> Result<(), Refusal> {
+    match state.limiter.check_key(sni) {
         Ok(()) => Ok(()),
         Err(not_until) => {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -161,7 +241,7 @@ fn rate_limit(state: &State, sni: &str) -> Result<(), Refusal> {
 async fn read_body(
     state: &State,
     headers: &http::HeaderMap,
-    body: Incoming,
+    body: &mut Incoming,
     g: &GatewaySettings,
 ) -> Result<Held, Refusal> {
     let is_json = headers

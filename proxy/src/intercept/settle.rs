@@ -120,8 +120,8 @@ pub async fn forward_metered(
     let read_timeout = state.policy.load().gateway.read_timeout;
     let mut pending = Pending::new(state.clone(), reservation, m);
     let sent = Instant::now();
-    let response = match upstream::send(&state.client, request, read_timeout).await {
-        Ok(response) => response,
+    let (response, lease) = match upstream::send(&state.client, request, read_timeout).await {
+        Ok(sent) => sent,
         Err(error) => return unanswered(pending, &error),
     };
     state
@@ -146,13 +146,14 @@ pub async fn forward_metered(
             generation_id,
             read_timeout,
         };
+        lease.detach();
         tokio::spawn(pump.run(body, tx, pending, sent));
         let mut response = Response::new(ChannelBody { rx }.boxed());
         *response.status_mut() = parts.status;
         copy_headers(&parts.headers, response.headers_mut());
         return response;
     }
-    let collected = upstream::read_limited(body, MAX_RESPONSE, read_timeout).await;
+    let collected = upstream::read_limited(lease, body, MAX_RESPONSE, read_timeout).await;
     state
         .metrics
         .upstream_latency

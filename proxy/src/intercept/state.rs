@@ -34,7 +34,7 @@ pub struct State {
     /// The workspace privacy check's latest result.
     pub workspace: WorkspaceStatus,
     /// Requests per second per intercepted host.
-    pub limiter: DefaultKeyedRateLimiter<String>,
+    pub limiter: DefaultKeyedRateLimiter<Arc<str>>,
     /// Concurrent upstream requests.
     pub concurrency: Arc<Semaphore>,
     /// Bytes of request bodies held across all requests.

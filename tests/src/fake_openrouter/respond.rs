@@ -368,9 +368,12 @@ async fn send_event(
     id: &str,
     event: &Value,
 ) -> bool {
+    // Counted before it is handed over: a fast proxy can deliver the event to the client before
+    // this task runs again, and a test reading the count then must already see it.
+    state.update_stream(id, |s| s.events_sent += 1);
     let ok = send(tx, Bytes::from(format!("data: {event}\n\n"))).await;
-    if ok {
-        state.update_stream(id, |s| s.events_sent += 1);
+    if !ok {
+        state.update_stream(id, |s| s.events_sent -= 1);
     }
     ok
 }
