@@ -153,7 +153,7 @@ async fn start_targets(
 ) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     for &kind in &config.targets {
-        let is_haproxy = matches!(kind, Kind::Haproxy | Kind::Haproxy1T);
+        let is_haproxy = kind.is_haproxy();
         let bin = match kind {
             Kind::Direct => {
                 targets.push(Target::direct(origin));
@@ -161,7 +161,7 @@ async fn start_targets(
             }
             Kind::Tollgate | Kind::TollgateNoLog | Kind::Tollgate1T => Some(&config.tollgate_bin),
             Kind::Candidate => config.candidate_bin.as_ref(),
-            Kind::Haproxy | Kind::Haproxy1T => config.haproxy_bin.as_ref(),
+            Kind::Haproxy | Kind::Haproxy1T | Kind::Haproxy1TLog => config.haproxy_bin.as_ref(),
         };
         let Some(bin) = bin else {
             // No candidate is the normal case; no HAProxy is worth saying.
@@ -311,6 +311,7 @@ impl Config {
                 nbthread: 2,
                 splice: false,
                 maxconn: 4096,
+                log: false,
             },
             max_other_load: 0.10,
             noisy_retries: 3,

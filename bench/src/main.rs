@@ -36,7 +36,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_values = ["throughput", "small", "newconn"])]
     scenarios: Vec<String>,
     /// Targets, comma-separated: direct, tollgate, tollgate-nolog, tollgate-1t (`--worker-threads
-    /// 1`), haproxy, haproxy-1t, candidate
+    /// 1`), haproxy, haproxy-1t, haproxy-1t-log (also logs each connection), candidate
     /// (`candidate` runs when --candidate-bin is given, whatever this list says).
     #[arg(long, value_delimiter = ',', default_values = ["direct", "tollgate", "tollgate-nolog", "haproxy", "haproxy-1t"])]
     targets: Vec<String>,
@@ -164,6 +164,7 @@ fn config(cli: Cli) -> Result<Config, String> {
         nbthread: cli.haproxy_nbthread.max(1),
         splice: cli.haproxy_splice,
         maxconn: 4096,
+        log: false,
     };
     Ok(config)
 }

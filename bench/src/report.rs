@@ -175,6 +175,7 @@ impl Report {
             (Kind::TollgateNoLog, Base::Of(Kind::Direct)),
             (Kind::TollgateNoLog, Base::BestHaproxy),
             (Kind::Tollgate1T, Base::BestHaproxy),
+            (Kind::Tollgate1T, Base::Of(Kind::Haproxy1TLog)),
             (Kind::Candidate, Base::Of(Kind::Tollgate)),
             (Kind::Candidate, Base::BestHaproxy),
         ];
@@ -250,10 +251,10 @@ impl Display for Report {
             humantime::format_duration(c.load.warmup),
             humantime::format_duration(c.load.duration),
         )?;
-        if self.kinds().contains(&Kind::Haproxy) || self.kinds().contains(&Kind::Haproxy1T) {
+        if self.kinds().iter().any(|k| k.is_haproxy()) {
             writeln!(
                 out,
-                "- haproxy: mode tcp, splice {}; `haproxy` nbthread {}, `haproxy-1t` nbthread 1",
+                "- haproxy: mode tcp, splice {}; `haproxy` nbthread {}, `haproxy-1t` nbthread 1 (`haproxy-1t-log`: also `option tcplog` to stdout)",
                 if c.haproxy.splice { "auto" } else { "off" },
                 c.haproxy.nbthread,
             )?;

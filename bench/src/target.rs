@@ -35,19 +35,23 @@ pub enum Kind {
     /// The same with `nbthread 1`: HAProxy's best for new connections on two cores, while two
     /// threads are its best for small requests, so both run and ratios take the better one.
     Haproxy1T,
+    /// `haproxy-1t` that also writes one line per connection (`option tcplog` to stdout, which
+    /// goes to a file as tollgate's stderr does): HAProxy doing tollgate's logging duty too.
+    Haproxy1TLog,
     /// Another tollgate build (`--candidate-bin`), as shipped: to A/B an optimisation.
     Candidate,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Direct,
         Kind::Tollgate,
         Kind::TollgateNoLog,
         Kind::Tollgate1T,
         Kind::Haproxy,
         Kind::Haproxy1T,
+        Kind::Haproxy1TLog,
         Kind::Candidate,
     ];
 
@@ -60,8 +64,14 @@ impl Kind {
             Kind::Tollgate1T => "tollgate-1t",
             Kind::Haproxy => "haproxy",
             Kind::Haproxy1T => "haproxy-1t",
+            Kind::Haproxy1TLog => "haproxy-1t-log",
             Kind::Candidate => "candidate",
         }
+    }
+
+    /// Whether this kind is an HAProxy configuration.
+    pub fn is_haproxy(self) -> bool {
+        matches!(self, Kind::Haproxy | Kind::Haproxy1T | Kind::Haproxy1TLog)
     }
 
     /// Parses [`Kind::name`].
@@ -212,9 +222,10 @@ impl Target {
         mut settings: HaproxySettings,
         kind: Kind,
     ) -> Result<Target> {
-        if kind == Kind::Haproxy1T {
+        if matches!(kind, Kind::Haproxy1T | Kind::Haproxy1TLog) {
             settings.nbthread = 1;
         }
+        settings.log = kind == Kind::Haproxy1TLog;
         let dir = tempfile::Builder::new()
             .prefix("tollgate-bench-haproxy-")
             .tempdir()?;
@@ -262,6 +273,8 @@ pub struct HaproxySettings {
     pub splice: bool,
     /// `maxconn` (4,096; the idle-tunnel benchmark raises it to hold N tunnels).
     pub maxconn: u32,
+    /// One `option tcplog` line per connection to stdout (set for [`Kind::Haproxy1TLog`]).
+    pub log: bool,
 }
 
 /// The HAProxy configuration: an L4 SNI router equivalent to tollgate's tunnel for one host.
@@ -271,12 +284,22 @@ pub fn haproxy_config(listen: SocketAddr, origin: SocketAddr, s: HaproxySettings
     } else {
         ""
     };
+    let (log_global, log_defaults) = if s.log {
+        (
+            "    log stdout format raw local0 info\n",
+            "    log global\n    option tcplog\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         "global\n\
         \x20   nbthread {nbthread}\n\
         \x20   maxconn {maxconn}\n\
+        {log_global}\
         defaults\n\
         \x20   mode tcp\n\
+        {log_defaults}\
         \x20   timeout connect 5s\n\
         \x20   timeout client 60s\n\
         \x20   timeout server 60s\n\

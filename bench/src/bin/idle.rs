@@ -203,7 +203,7 @@ async fn run(cli: Cli) -> Result<()> {
         kinds.insert(1.min(kinds.len()), Kind::Candidate);
     }
     kinds.retain(|k| match k {
-        Kind::Haproxy | Kind::Haproxy1T => haproxy_bin.is_some(),
+        Kind::Haproxy | Kind::Haproxy1T | Kind::Haproxy1TLog => haproxy_bin.is_some(),
         Kind::Candidate => cli.candidate_bin.is_some(),
         Kind::Direct | Kind::TollgateNoLog | Kind::Tollgate1T => false,
         Kind::Tollgate => true,
@@ -216,7 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
         for (kind, list) in &mut samples {
             let bin = match kind {
                 Kind::Candidate => cli.candidate_bin.as_deref(),
-                Kind::Haproxy | Kind::Haproxy1T => haproxy_bin.as_deref(),
+                Kind::Haproxy | Kind::Haproxy1T | Kind::Haproxy1TLog => haproxy_bin.as_deref(),
                 _ => Some(tollgate_bin.as_path()),
             };
             let Some(bin) = bin else { continue };
@@ -250,11 +250,12 @@ async fn run(cli: Cli) -> Result<()> {
 async fn start(kind: Kind, bin: &Path, origin: SocketAddr, n: usize) -> Result<Target> {
     let room = (n + 64) as u32;
     match kind {
-        Kind::Haproxy | Kind::Haproxy1T => {
+        Kind::Haproxy | Kind::Haproxy1T | Kind::Haproxy1TLog => {
             let settings = HaproxySettings {
                 nbthread: 2,
                 splice: false,
                 maxconn: room,
+                log: false,
             };
             Target::haproxy(bin, origin, settings, kind).await
         }
