@@ -8,14 +8,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GIT_COMMIT");
     let git_dir = find_git_dir();
     if let Some(dir) = &git_dir {
-        for file in ["HEAD", "packed-refs"] {
-            let path = dir.join(file);
+        let common = common_dir(dir);
+        for path in [dir.join("HEAD"), common.join("packed-refs")] {
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }
         if let Some(reference) = head_ref(dir) {
-            let path = dir.join(reference);
+            let path = common.join(reference);
             if path.exists() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
@@ -47,12 +47,31 @@ fn git_rev_parse() -> Option<String> {
         .filter(|c| is_hex(c))
 }
 
+/// The git dir holding HEAD: `.git` itself, or for a `git worktree` checkout the directory its
+/// `.git` file names (without this a worktree build never re-ran and kept an old commit).
 fn find_git_dir() -> Option<PathBuf> {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR")?);
-    manifest
-        .ancestors()
-        .map(|dir| dir.join(".git"))
-        .find(|dir| dir.is_dir())
+    manifest.ancestors().find_map(|dir| {
+        let git = dir.join(".git");
+        if git.is_dir() {
+            return Some(git);
+        }
+        let link = std::fs::read_to_string(&git).ok()?;
+        let target = PathBuf::from(link.trim().strip_prefix("gitdir: ")?);
+        Some(if target.is_absolute() {
+            target
+        } else {
+            dir.join(target)
+        })
+    })
+}
+
+/// Where refs live: a worktree's git dir names the shared one in its `commondir` file.
+fn common_dir(git_dir: &Path) -> PathBuf {
+    match std::fs::read_to_string(git_dir.join("commondir")) {
+        Ok(rel) => git_dir.join(rel.trim()),
+        Err(_) => git_dir.to_path_buf(),
+    }
 }
 
 fn head_ref(git_dir: &Path) -> Option<String> {
@@ -66,10 +85,11 @@ fn read_head(git_dir: &Path) -> Option<String> {
     let Some(reference) = head.strip_prefix("ref: ") else {
         return is_hex(head).then(|| head.to_owned());
     };
-    if let Ok(commit) = std::fs::read_to_string(git_dir.join(reference)) {
+    let common = common_dir(git_dir);
+    if let Ok(commit) = std::fs::read_to_string(common.join(reference)) {
         return Some(commit.trim().to_owned()).filter(|c| is_hex(c));
     }
-    let packed = std::fs::read_to_string(git_dir.join("packed-refs")).ok()?;
+    let packed = std::fs::read_to_string(common.join("packed-refs")).ok()?;
     packed.lines().find_map(|line| {
         let (commit, name) = line.split_once(' ')?;
         (name == reference && is_hex(commit)).then(|| commit.to_owned())
