@@ -21,6 +21,7 @@ use crate::intercept::{Interceptor, Unavailable, usage_api};
 use crate::metrics::Metrics;
 use crate::orig_dst::{Netfilter, OrigDst};
 use crate::phase;
+use crate::probe::ProbeKey;
 use crate::reload;
 use crate::tunnel::{Resolve, SystemResolver};
 
@@ -122,6 +123,20 @@ impl Server {
     /// Runs until `shutdown` fires and every connection has drained (or been cut). Fails only
     /// at start, when the gateway cannot be built (a configuration error).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let started = self.start(&shutdown)?;
+        accept::serve(started.listeners, started.ctx, started.limits, shutdown).await;
+        started.ready.set(false);
+        started.background.cancel();
+        if let Some(running) = started.running {
+            running.stop();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Starts everything but the accept loops: the policy and phase watchers, the gateway, the
+    /// admin and DNS listeners; then readiness turns on.
+    fn start(self, shutdown: &CancellationToken) -> Result<Started, StartError> {
         let Server {
             listeners,
             capture,
@@ -157,8 +172,7 @@ impl Server {
         own_ports.extend(
             usage
                 .iter()
-                .filter_map(|l| l.local_addr().ok())
-                .map(|a| a.port()),
+                .filter_map(|l| Some(l.local_addr().ok()?.port())),
         );
         // The gateway writes the CA files before readiness can turn on.
         let mut running = None;
@@ -175,15 +189,15 @@ impl Server {
             running = Some(bg);
         }
         if let Some(admin_listener) = admin {
-            own_ports.extend(log_listening("admin", &admin_listener));
-            tokio::spawn(admin::serve(
+            let (probe, read_only) = (None, settings.read_only);
+            own_ports.extend(spawn_admin(
                 admin_listener,
-                metrics.clone(),
-                ready.clone(),
-                None,
+                &metrics,
+                &ready,
+                probe,
                 evidence.clone(),
-                settings.read_only,
-                background.clone(),
+                read_only,
+                &background,
             ));
         }
         if !dns.is_empty() {
@@ -193,10 +207,8 @@ impl Server {
                 metrics.clone(),
                 resolv,
             );
-            stage.observe = observe;
-            stage.evidence = evidence.clone();
-            let stage = Arc::new(stage);
-            own_ports.extend(spawn_dns(dns, &stage, &metrics, &shutdown));
+            (stage.observe, stage.evidence) = (observe, evidence.clone());
+            own_ports.extend(spawn_dns(dns, &Arc::new(stage), &metrics, shutdown));
         }
         let listeners: Vec<(Listener, TcpListener)> = listeners
             .into_iter()
@@ -221,15 +233,48 @@ impl Server {
         ctx.own_ports = own_ports;
         ctx.evidence = evidence;
         ctx.observe = observe;
-        accept::serve(listeners, Arc::new(ctx), settings.limits, shutdown).await;
-        ready.set(false);
-        background.cancel();
-        if let Some(running) = running {
-            running.stop();
-        }
-        tracing::info!("stopped");
-        Ok(())
+        Ok(Started {
+            listeners,
+            ctx: Arc::new(ctx),
+            limits: settings.limits,
+            ready,
+            background,
+            running,
+        })
     }
+}
+
+/// What [`Server::start`] leaves running for the accept loops, and what stops afterwards.
+struct Started {
+    listeners: Vec<(Listener, TcpListener)>,
+    ctx: Arc<Context>,
+    limits: Limits,
+    ready: Arc<Readiness>,
+    background: CancellationToken,
+    running: Option<Running>,
+}
+
+/// Serves the admin port on `listener` until `stop`; returns its port.
+pub fn spawn_admin(
+    listener: TcpListener,
+    metrics: &Metrics,
+    ready: &Arc<Readiness>,
+    probe: Option<Arc<ProbeKey>>,
+    evidence: Option<Arc<Recorder>>,
+    read_only: ReadOnlyLimits,
+    stop: &CancellationToken,
+) -> Option<u16> {
+    let port = log_listening("admin", &listener);
+    tokio::spawn(admin::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        probe,
+        evidence,
+        read_only,
+        stop.clone(),
+    ));
+    port
 }
 
 /// Announces the policy and phase (log, metrics, decision log), then keeps both current: the
