@@ -2,7 +2,6 @@
 //! CA, for tests), HTTP/1.1 keep-alive connections pooled in [`pool`]; the policy's address pins and the non-public
 //! address filter apply here exactly as they do to tunnels.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +14,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tollgate_policy::Policy;
-
-use crate::tunnel::address;
-use crate::tunnel::{Resolve, SystemResolver};
 
 mod pool;
 
@@ -147,45 +143,8 @@ pub fn client(
     // cost less CPU and latency than one multiplexed h2 connection in a task of its own
     // (BENCHMARKS.md, issue 13). OpenRouter speaks both.
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let resolver = PinnedResolver {
-        policy,
-        system: SystemResolver,
-    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     Ok(HttpsClient {
-        pool: Arc::new(pool::Pool::new(connector, resolver, connect_timeout)),
+        pool: Arc::new(pool::Pool::new(connector, policy, connect_timeout)),
     })
-}
-
-/// Resolves upstream hosts the way tunnels do: the policy's pins first, else the system
-/// resolver; either way only addresses the address filter permits for that host.
-#[derive(Clone)]
-pub struct PinnedResolver {
-    policy: Arc<ArcSwap<Policy>>,
-    system: SystemResolver,
-}
-
-impl PinnedResolver {
-    /// The permitted addresses of `host` (port 0: the caller sets the URI's).
-    async fn resolve(&self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
-        let policy = self.policy.load_full();
-        let host = host.to_ascii_lowercase();
-        let rule = policy.host_rule(&host);
-        let addrs: Vec<SocketAddr> = match rule.filter(|r| !r.pin.is_empty()) {
-            Some(rule) => rule.pin.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
-            None => self.system.resolve(&host, 0).await?,
-        };
-        let allowed = rule.map_or(&[][..], |r| r.allow_ranges.as_slice());
-        let permitted: Vec<SocketAddr> = addrs
-            .into_iter()
-            .filter(|a| address::permitted(a.ip(), allowed))
-            .collect();
-        if permitted.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{host} resolves only to non-public addresses the policy does not allow"),
-            ));
-        }
-        Ok(permitted)
-    }
 }

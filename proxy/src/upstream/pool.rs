@@ -10,12 +10,12 @@
 //! ([`Lease::detach`]).
 
 use std::future::{Future, poll_fn};
-use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, header};
 use http_body_util::Full;
@@ -26,8 +26,10 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tollgate_policy::Policy;
 
-use super::{FetchError, PinnedResolver};
+use super::FetchError;
+use crate::tunnel::{self, SystemResolver};
 
 /// An idle connection older than this is closed instead of reused (hyper-util's default was 90 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -81,7 +83,8 @@ struct Idle {
 pub(super) struct Pool {
     idle: Mutex<Vec<Idle>>,
     tls: TlsConnector,
-    resolver: PinnedResolver,
+    /// For each host's pins and allowed ranges, as tunnels dial.
+    policy: Arc<ArcSwap<Policy>>,
     connect_timeout: Duration,
 }
 
@@ -98,13 +101,13 @@ pub struct Lease {
 impl Pool {
     pub(super) fn new(
         tls: TlsConnector,
-        resolver: PinnedResolver,
+        policy: Arc<ArcSwap<Policy>>,
         connect_timeout: Duration,
     ) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             tls,
-            resolver,
+            policy,
             connect_timeout,
         }
     }
@@ -164,20 +167,28 @@ impl Pool {
         }
     }
 
-    /// Resolves (the policy's pins, the address filter), connects, and runs the TLS and HTTP/1.1
-    /// handshakes, all within the connect timeout.
+    /// Dials the host as tunnels do ([`tunnel::dial`]: the policy's pins, the address filter),
+    /// then runs the TLS and HTTP/1.1 handshakes, all within the connect timeout.
     async fn connect(self: &Arc<Self>, target: &Target) -> Result<Lease, FetchError> {
         let connect = async {
-            let addrs = self.resolver.resolve(&target.host).await?;
-            let tcp = dial(addrs, target.port).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(target.host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            self.tls.connect(name, tcp).await
+            let policy = self.policy.load();
+            let host = target.host.to_ascii_lowercase();
+            let rule = policy.host_rule(&host);
+            let dial_target = tunnel::Target {
+                host: &host,
+                port: target.port,
+                pin: rule.map_or(&[][..], |r| r.pin.as_slice()),
+                allow_ranges: rule.map_or(&[][..], |r| r.allow_ranges.as_slice()),
+            };
+            let tcp = tunnel::dial(dial_target, &SystemResolver, self.connect_timeout)
+                .await
+                .map_err(|e| FetchError::Connect(e.to_string()))?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| FetchError::Connect(e.to_string()))?;
+            (self.tls.connect(name, tcp).await).map_err(|e| FetchError::Connect(e.to_string()))
         };
         let tls = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => return Err(FetchError::Connect(error.to_string())),
+            Ok(tls) => tls?,
             Err(_) => return Err(FetchError::Connect("connect timed out".to_owned())),
         };
         let (sender, conn) = http1::Builder::new()
@@ -265,17 +276,4 @@ fn origin_form(request: &mut Request<Full<Bytes>>, target: &Target) -> Result<()
     *request.uri_mut() = path;
     request.headers_mut().insert(header::HOST, host);
     Ok(())
-}
-
-/// Connects to the first address that answers.
-async fn dial(addrs: Vec<SocketAddr>, port: u16) -> std::io::Result<TcpStream> {
-    let mut last = None;
-    for mut addr in addrs {
-        addr.set_port(port);
-        match TcpStream::connect(addr).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }

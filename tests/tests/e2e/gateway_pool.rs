@@ -54,3 +54,16 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     }
     assert_eq!(gw.fake.connections(), 2, "{}", run.proxy.describe());
 }
+
+/// The upstream is dialled as tunnels are: a pinned loopback address the policy does not
+/// explicitly allow is refused, so a policy (or a DNS answer) cannot aim the gateway at the
+/// Pod's own or the cluster's private services. The fake never sees a connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_address_the_policy_does_not_allow_is_never_dialled() {
+    let gw = Gateway::new().await.unwrap();
+    let spec = gw.spec().unset("hosts.\"openrouter.ai\"", "allow_ranges");
+    let run = gw.start(&spec).await.unwrap();
+    let r = run.client().post_json(CHAT, &chat(MODEL)).await.unwrap();
+    assert_eq!(r.status, 502, "{}\n{}", r.text(), run.proxy.describe());
+    assert_eq!(gw.fake.connections(), 0, "{}", run.proxy.describe());
+}
